@@ -209,14 +209,25 @@ export const jsBackend: Backend = {
       const offA = p * strideA;
       const offB = p * strideB;
       const offC = p * strideC;
+      if (!options.accumulate) c.fill(0, offC, offC + m * n);
+
       for (let i = 0; i < m; i++) {
-        for (let j = 0; j < n; j++) {
-          let sum = 0;
+        const row = offC + i * n;
+        if (!transB) {
+          // Row i of C gathers the rows of B, weighted by row i of op(A).
           for (let l = 0; l < k; l++) {
-            sum += a[offA + at(transA, i, l, m, k)] * b[offB + at(transB, l, j, k, n)];
+            const weight = a[offA + at(transA, i, l, m, k)];
+            const from = offB + l * n;
+            for (let j = 0; j < n; j++) c[row + j] += weight * b[from + j];
           }
-          const index = offC + i * n + j;
-          c[index] = options.accumulate ? c[index] + sum : sum;
+        } else {
+          // With B stored [n, k], C[i, j] is the dot product of two rows.
+          for (let j = 0; j < n; j++) {
+            const from = offB + j * k;
+            let sum = 0;
+            for (let l = 0; l < k; l++) sum += a[offA + at(transA, i, l, m, k)] * b[from + l];
+            c[row + j] += sum;
+          }
         }
       }
     }
