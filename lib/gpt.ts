@@ -25,7 +25,7 @@
 
 import { Embedding, LayerNorm, Linear, type Module, Parameter } from "./nn.ts";
 import { Random } from "./random.ts";
-import { causalMask, noGrad, Tensor } from "./tensor.ts";
+import { causalMask, noGrad, type Tensor } from "./tensor.ts";
 
 /** The model's hyperparameters. */
 export interface GPTConfig {

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { Random } from "./random.ts";
+import type { Random } from "./random.ts";
 import { embedding, sizeOf, Tensor } from "./tensor.ts";
 
 /** A trainable tensor with the name it is saved under. */
