@@ -286,7 +286,9 @@ export function parseTrainArgs(argv: string[]): TrainCommand {
     const ambiguous = message.match(/^Option '(--[\w-]+)' argument is ambiguous/);
     if (ambiguous) {
       throw new UsageError(
-        `missing value for ${ambiguous[1]} (write a value that starts with a dash as ${ambiguous[1]}=VALUE)`,
+        `missing value for ${ambiguous[1]} (write a value that starts with a dash as ${
+          ambiguous[1]
+        }=VALUE)`,
       );
     }
     const missing = message.match(/^Option '(--[\w-]+)[^']*' argument missing/);
@@ -351,10 +353,11 @@ export function parseTrainArgs(argv: string[]): TrainCommand {
   return command;
 }
 
-async function main(): Promise<number> {
+/** Runs the command with `argv` and returns its exit status. */
+export async function main(argv: string[] = Deno.args): Promise<number> {
   let command: TrainCommand;
   try {
-    command = parseTrainArgs(Deno.args);
+    command = parseTrainArgs(argv);
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     console.error(`train: ${error.message}. Run with --help for the list of flags.`);

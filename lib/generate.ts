@@ -18,11 +18,12 @@
  * `generate` therefore rebuilds the cache: when a new token would make the
  * window longer than the context, the window start moves forward by
  * `stride` tokens and the remaining window is encoded again from position 0.
- * With the default stride of 1 each token sees the last `contextLength`
- * tokens, as `sample` in `lib/gpt.ts` does, but once the context is full
- * each token costs one whole-window encoding, as much as `cache: false`. A
- * larger stride rebuilds once every `stride` tokens and lets each token see
- * between `contextLength − stride + 1` and `contextLength` tokens.
+ * With the default stride of 1 each token is predicted from the last
+ * `contextLength` tokens, as `sample` in `lib/gpt.ts` does, but once the
+ * context is full each token costs one whole-window encoding, about as much
+ * as `cache: false`. A larger stride rebuilds once every `stride` tokens,
+ * and each token is then predicted from between `contextLength − stride + 1`
+ * and `contextLength` tokens.
  *
  * @example
  * ```ts
@@ -30,7 +31,8 @@
  * import { GPT } from "./gpt.ts";
  * import { Random } from "./random.ts";
  * const model = new GPT({ vocabSize: 50, contextLength: 16, dModel: 32, layers: 2, heads: 4 });
- * const ids = generate(model, [1, 2, 3], { maxTokens: 20, temperature: 0.8, topK: 10, random: new Random(1) });
+ * const random = new Random(1);
+ * const ids = generate(model, [1, 2, 3], { maxTokens: 20, temperature: 0.8, topK: 10, random });
  * ```
  *
  * @module
@@ -101,7 +103,7 @@ export class KVCache {
   readonly #activated: Float32Array;
   /** Next-token logits `[V]`. */
   readonly #logits: Float32Array;
-  /** LayerNorm statistics of the one row; the forward pass does not need them. */
+  /** LayerNorm statistics of the one row, which only a backward pass would read. */
   readonly #mean: Float32Array;
   readonly #rstd: Float32Array;
 
@@ -141,7 +143,7 @@ export class KVCache {
     return this.#length;
   }
 
-  /** Forgets every cached position; the next token goes to position 0. */
+  /** Forgets every cached position, so the next token goes to position 0. */
   clear(): void {
     this.#length = 0;
   }
@@ -161,8 +163,8 @@ export class KVCache {
 
   /**
    * Runs `tokens` one position after another and returns the logits of the
-   * last one, as `forward` would. Skips the language-model head for the
-   * others, whose logits nobody reads.
+   * last one, as `forward` would. The language-model head runs for the last
+   * position only, because `prefill` returns no other logits.
    */
   prefill(tokens: readonly number[]): Float32Array {
     if (tokens.length === 0) throw new RangeError("prefill needs at least one token");
@@ -171,7 +173,7 @@ export class KVCache {
     return this.#logits;
   }
 
-  /** Hands every buffer back to the backend; the cache cannot be used afterwards. */
+  /** Hands every buffer back to the backend. The cache cannot be used afterwards. */
   dispose(): void {
     const buffers = [
       ...this.keys,
@@ -198,8 +200,8 @@ export class KVCache {
     const position = this.#length;
     if (position >= context) {
       throw new RangeError(
-        `the KV cache is full: it holds ${context} positions, the model's context length; ` +
-          "clear it and run the window again",
+        `the KV cache is full at the model's context length of ${context} positions: ` +
+          "call clear() and run the window again",
       );
     }
     if (!(Number.isInteger(token) && token >= 0 && token < vocab)) {
@@ -310,14 +312,14 @@ export class KVCache {
   /**
    * Attends from the new position's query to the first `n` cached positions
    * of every head, writing `[C]` into `#attended`. No mask is needed because
-   * the cache holds no later positions.
+   * the cache contains no later positions.
    */
   #attend(layer: number, n: number): void {
     const { context: T, heads: H, headSize: D } = this.#dims;
     const backend = this.#backend;
 
     // Scores per head: q_h [1, D] · K_h [n, D]ᵀ → [1, n]. The query of head h
-    // starts at h·D in `#qkv`; the keys of head h start at h·T·D.
+    // starts at h·D in `#qkv`, and its keys start at h·T·D in the cache.
     backend.matmul(this.#qkv, this.keys[layer], this.#scores, {
       m: 1,
       n,
@@ -347,9 +349,9 @@ export class KVCache {
 // ---------------------------------------------------------------------------
 // Sampling.
 
-/** How the next token is drawn from the logits. */
+/** Settings that choose how the next token is drawn from the logits. */
 export interface SamplingOptions {
-  /** Softmax temperature; 0 picks the most likely token (greedy decoding). Default 1. */
+  /** Softmax temperature. 0 picks the most likely token (greedy decoding). Default 1. */
   temperature?: number;
   /** Draw only among the `topK` most likely tokens (default: the whole vocabulary). */
   topK?: number;
@@ -360,7 +362,7 @@ export interface SamplingOptions {
   topP?: number;
 }
 
-/** Returns the index of the largest logit; the lowest index wins a tie. */
+/** Returns the index of the largest logit, the lowest such index on a tie. */
 export function argmax(logits: Float32Array): number {
   let best = 0;
   for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
@@ -370,10 +372,11 @@ export function argmax(logits: Float32Array): number {
 /**
  * Draws a token id from `logits` `[V]`. Temperature 0 returns the argmax
  * and draws nothing. Otherwise the probabilities are softmax(logits /
- * temperature), filtered by `topK` and then by `topP` (in the order Hugging
- * Face transformers applies them), and one `random.next()` picks among the
- * remaining tokens. A `topK` above V keeps every token. Without filters the
- * draw is the one `pickToken` in `lib/gpt.ts` makes from the same generator.
+ * temperature), filtered by `topK` and then by `topP` (the order of
+ * `_get_logits_warper` in Hugging Face transformers), and one
+ * `random.next()` picks among the remaining tokens. A `topK` above V keeps
+ * every token. Without filters the draw is the one `pickToken` in
+ * `lib/gpt.ts` makes from the same generator.
  */
 export function sampleToken(
   logits: Float32Array,
@@ -392,7 +395,7 @@ export function sampleToken(
   const topP = options.topP ?? 1;
   let candidates = Array.from({ length: V }, (_, i) => i);
   if (topK < V || topP < 1) {
-    // Most likely first; a tie keeps the lower id first, as `argmax` does.
+    // Most likely first. A tie puts the lower id first, as `argmax` does.
     candidates.sort((a, b) => weights[b] - weights[a] || a - b);
     let kept = topK;
     if (topP < 1) {
@@ -427,7 +430,7 @@ export function sampleToken(
 export interface GenerateOptions extends SamplingOptions {
   /** Number of new tokens to produce, an integer >= 0. */
   maxTokens: number;
-  /** Generator for the draws; each sampled token takes one `next()`. Default: `new Random(0)`. */
+  /** Generator for the draws. Each sampled token takes one `next()`. Default: `new Random(0)`. */
   random?: Random;
   /** Called with each new token id as soon as it is chosen, for streaming. */
   onToken?: (id: number) => void;
@@ -512,7 +515,7 @@ export function generate(
   const cache = options.cache === false ? null : new KVCache(model);
 
   try {
-    // The window is tokens[start …]; it never holds more than T tokens.
+    // The window is tokens[start …], and it never contains more than T tokens.
     let start = Math.max(0, tokens.length - T);
     let logits = cache === null
       ? lastLogits(model, tokens.slice(start))

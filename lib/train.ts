@@ -336,8 +336,14 @@ export async function loadModel(
       "the sidecar has no model config or tokenizer",
     );
   }
-  const tokenizer = BPETokenizer.fromJSON(meta.tokenizer);
-  const model = new GPT(meta.config);
+  let tokenizer: BPETokenizer;
+  let model: GPT;
+  try {
+    tokenizer = BPETokenizer.fromJSON(meta.tokenizer);
+    model = new GPT(meta.config);
+  } catch (error) {
+    throw new CheckpointError(checkpoint.sidecarPath, (error as Error).message);
+  }
   restoreWeights(model, checkpoint.tensors, checkpoint.sidecarPath);
   return { model, tokenizer, step: checkpoint.step };
 }
@@ -429,6 +435,16 @@ export async function train(
     resumed = await loadCheckpoint(request.resume);
   }
   const meta = (resumed?.meta ?? {}) as ResumeMeta;
+  if (resumed !== null) {
+    for (const key of ["config", "tokenizer", "optimizer", "random", "args"] as const) {
+      if (meta[key] === undefined) {
+        throw new CheckpointError(
+          resumed.sidecarPath,
+          `the sidecar has no "${key}" entry, so it cannot resume training; a checkpoint written by the trainer has one`,
+        );
+      }
+    }
+  }
   const options: TrainOptions = { ...DEFAULTS, ...(meta.args ?? {}), ...request };
   options.resume = request.resume ?? null;
 
@@ -459,8 +475,12 @@ export async function train(
   }
 
   let tokenizer: BPETokenizer;
-  if (meta.tokenizer !== undefined) {
-    tokenizer = BPETokenizer.fromJSON(meta.tokenizer);
+  if (resumed !== null) {
+    try {
+      tokenizer = BPETokenizer.fromJSON(meta.tokenizer);
+    } catch (error) {
+      throw new CheckpointError(resumed.sidecarPath, (error as Error).message);
+    }
   } else {
     const started = performance.now();
     tokenizer = BPETokenizer.train(corpus.text, options.vocabSize);
@@ -567,7 +587,7 @@ export async function train(
   };
 
   const sampleText = (): string => {
-    const prompt = [data.val[0]];
+    const prompt = tokenizer.encode("The");
     const ids = generate(model, prompt, {
       maxTokens: 64,
       temperature: 0.8,

@@ -217,7 +217,10 @@ Deno.test("train flags reject bad input", () => {
     [["--steps", "ten"], /invalid --steps "ten": expected an integer >= 1/],
     [["--steps", "0"], /invalid --steps "0": expected an integer >= 1/],
     [["--lr=-1"], /invalid --lr "-1": expected a number > 0/],
-    [["--lr", "-1"], /missing value for --lr \(write a value that starts with a dash as --lr=VALUE\)/],
+    [
+      ["--lr", "-1"],
+      /missing value for --lr \(write a value that starts with a dash as --lr=VALUE\)/,
+    ],
     [["--dropout", "1"], /invalid --dropout "1": expected a number >= 0 and < 1/],
     [["--heads", "3"], /invalid --heads 3: it must divide --d-model 64/],
     [["--optimizer", "lion"], /invalid --optimizer "lion": expected one of adamw/],
