@@ -50,7 +50,7 @@
  */
 
 export { MLP, Value } from "./lib/autograd.ts";
-export type { Operand } from "./lib/autograd.ts";
+export type { Activation, Layer, Neuron, Operand } from "./lib/autograd.ts";
 
 export {
   causalMask,
@@ -90,14 +90,41 @@ export {
   SGD,
   SGDMomentum,
 } from "./lib/optim.ts";
-export type { Optimizer, OptimizerParameter, OptimizerState, ParamGroup } from "./lib/optim.ts";
+export type {
+  AdamHyper,
+  BaseOptimizer,
+  GroupConfig,
+  Hyperparameters,
+  MomentumHyper,
+  Optimizer,
+  OptimizerConfig,
+  OptimizerGroup,
+  OptimizerParameter,
+  OptimizerState,
+  OptimizerType,
+  ParamGroup,
+  RMSpropHyper,
+  Schedule,
+  ScheduleConfig,
+  ScheduleType,
+  ShapedParameter,
+  SteppedParameter,
+} from "./lib/optim.ts";
 
-export { BPETokenizer } from "./lib/bpe.ts";
+export { BPE_FORMAT, BPE_VERSION, BPETokenizer } from "./lib/bpe.ts";
+export type { BPEJSON } from "./lib/bpe.ts";
 
 export { GPT, validateConfig } from "./lib/gpt.ts";
-export type { GPTConfig, GPTOptions, GPTOutput } from "./lib/gpt.ts";
+export type {
+  Block,
+  CausalSelfAttention,
+  GPTConfig,
+  GPTOptions,
+  GPTOutput,
+  MLP as GPTMLP,
+} from "./lib/gpt.ts";
 export { generate } from "./lib/generate.ts";
-export type { GenerateOptions } from "./lib/generate.ts";
+export type { GenerateOptions, SamplingOptions } from "./lib/generate.ts";
 
 export { Random } from "./lib/random.ts";
 export {
@@ -106,6 +133,11 @@ export {
   loadCheckpoint,
   saveCheckpoint,
 } from "./lib/checkpoint.ts";
-export type { CheckpointData } from "./lib/checkpoint.ts";
-export { loadModel, train, TrainError } from "./lib/train.ts";
-export type { TrainOptions, TrainResult } from "./lib/train.ts";
+export type {
+  CheckpointData,
+  CheckpointFormat,
+  SaveCheckpointOptions,
+  StoredTensor,
+} from "./lib/checkpoint.ts";
+export { loadModel, OPTIMIZERS, train, TrainError } from "./lib/train.ts";
+export type { OptimizerName, TrainIO, TrainOptions, TrainResult } from "./lib/train.ts";

@@ -229,6 +229,15 @@ export class Plan {
       );
     }
     if (workgroups.some((count) => count === 0)) return;
+    const maxBinding = this.device.limits.maxStorageBufferBindingSize;
+    for (const resource of bindings) {
+      if (!(resource instanceof GPUBuffer) && resource.length * ELEMENT_BYTES > maxBinding) {
+        throw new RangeError(
+          `${label}: a binding of ${resource.length * ELEMENT_BYTES} bytes exceeds this ` +
+            `adapter's maxStorageBufferBindingSize of ${maxBinding}; use a smaller batch or context`,
+        );
+      }
+    }
 
     const bindGroup = this.device.createBindGroup({
       label,

@@ -373,7 +373,9 @@ export type Activation = "relu" | "tanh" | "linear";
 export class Neuron {
   /** One weight per input. */
   readonly weights: Value[];
+  /** Bias `b`, starting at 0. */
   readonly bias: Value;
+  /** Nonlinearity applied to `w·x + b`. */
   readonly activation: Activation;
 
   /** Creates a neuron with `inputs` weights drawn from `rng`. */
@@ -422,6 +424,7 @@ export class Neuron {
  * ```
  */
 export class Layer {
+  /** Neurons in output order, all reading the same inputs. */
   readonly neurons: Neuron[];
 
   /** Creates `outputs` neurons of `inputs` weights each, drawn in order from `rng`. */
@@ -453,6 +456,7 @@ export class Layer {
  * ```
  */
 export class MLP {
+  /** Layers from input to output. Only the last one is linear. */
   readonly layers: Layer[];
 
   /**

@@ -60,10 +60,15 @@ export interface AttentionShape {
 
 /** Hyperparameters of one AdamW update, after any schedule was applied. */
 export interface AdamWStep {
+  /** Learning rate γ of this step. */
   lr: number;
+  /** Decay rate β₁ of the first moment. */
   beta1: number;
+  /** Decay rate β₂ of the second moment. */
   beta2: number;
+  /** Term ε added to the denominator `√v̂ + ε`. */
   eps: number;
+  /** Weight decay λ, which `adamwUpdate` applies as `θ ← θ − γλθ` before the Adam step. */
   weightDecay: number;
   /** 1-based step count, for the bias corrections. */
   step: number;

@@ -62,7 +62,9 @@ export const BPE_VERSION = 1;
 
 /** JSON form of a tokenizer, as returned by `toJSON` and accepted by `fromJSON`. */
 export interface BPEJSON {
+  /** Always `BPE_FORMAT`, which `fromJSON` checks. */
   format: typeof BPE_FORMAT;
+  /** Always `BPE_VERSION`, which `fromJSON` checks. */
   version: typeof BPE_VERSION;
   /** Code points of the base alphabet in ascending order. Code point `alphabet[i]` has id `i + 1`. */
   alphabet: number[];

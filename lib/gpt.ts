@@ -73,12 +73,18 @@ export function validateConfig(config: GPTConfig): string | null {
 }
 
 /** Multi-head causal self-attention: `c_attn` makes q, k, v; `c_proj` mixes the heads. */
-class CausalSelfAttention implements Module {
+export class CausalSelfAttention implements Module {
+  /** Projection `[C, 3C]` of x to the concatenated q, k and v, named `<name>.c_attn`. */
   readonly cAttn: Linear;
+  /** Output projection `[C, C]` into the residual stream, named `<name>.c_proj`. */
   readonly cProj: Linear;
   /** 1 where position i would attend to a later position j; built once. */
   private readonly mask: Uint8Array;
 
+  /**
+   * Builds both projections, drawing `c_proj`'s weights with standard deviation
+   * `residualStd`, and the causal mask for `config.contextLength`.
+   */
   constructor(
     private readonly config: GPTConfig,
     name: string,
@@ -91,6 +97,7 @@ class CausalSelfAttention implements Module {
     this.mask = causalMask(config.contextLength);
   }
 
+  /** Returns the attention output `[B, T, C]` for `x` `[B, T, C]`, computed as `mode` selects. */
   forward(x: Tensor, mode: "fused" | "reference"): Tensor {
     const qkv = this.cAttn.forward(x); // [B, T, 3C]
     const y = mode === "fused" ? qkv.attention(this.config.heads) : this.spelledOut(qkv);
@@ -126,16 +133,20 @@ class CausalSelfAttention implements Module {
 }
 
 /** Position-wise feed-forward network: C → 4C → GELU → C. */
-class MLP implements Module {
+export class MLP implements Module {
+  /** Expansion `[C, 4C]`, named `<name>.c_fc`. */
   readonly cFc: Linear;
+  /** Projection `[4C, C]` back into the residual stream, named `<name>.c_proj`. */
   readonly cProj: Linear;
 
+  /** Builds both layers, drawing `c_proj`'s weights with standard deviation `residualStd`. */
   constructor(config: GPTConfig, name: string, random: Random, residualStd: number) {
     const C = config.dModel;
     this.cFc = new Linear(C, 4 * C, { name: `${name}.c_fc`, random });
     this.cProj = new Linear(4 * C, C, { name: `${name}.c_proj`, random, std: residualStd });
   }
 
+  /** Returns `c_proj(gelu(c_fc(x)))` for `x` `[B, T, C]`. */
   forward(x: Tensor): Tensor {
     return this.cProj.forward(this.cFc.forward(x).gelu());
   }
@@ -146,12 +157,17 @@ class MLP implements Module {
 }
 
 /** One pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). */
-class Block implements Module {
+export class Block implements Module {
+  /** LayerNorm before attention, `h.<index>.ln_1`. */
   readonly ln1: LayerNorm;
+  /** Self-attention, `h.<index>.attn`. */
   readonly attn: CausalSelfAttention;
+  /** LayerNorm before the MLP, `h.<index>.ln_2`. */
   readonly ln2: LayerNorm;
+  /** Feed-forward network, `h.<index>.mlp`. */
   readonly mlp: MLP;
 
+  /** Builds block `index`, with parameter names starting `h.<index>.`. */
   constructor(config: GPTConfig, index: number, random: Random) {
     const name = `h.${index}`;
     // GPT-2 scales the init of the projections into the residual stream by
@@ -163,6 +179,10 @@ class Block implements Module {
     this.mlp = new MLP(config, `${name}.mlp`, random, residualStd);
   }
 
+  /**
+   * Returns the block's output `[B, T, C]` for `x` `[B, T, C]`. Dropout with
+   * probability `dropout` applies to each branch before it is added, with masks drawn from `random`.
+   */
   forward(x: Tensor, mode: "fused" | "reference", dropout: number, random: Random): Tensor {
     const noise = () => random.next();
     x = x.add(this.attn.forward(this.ln1.forward(x), mode).dropout(dropout, noise));
@@ -190,17 +210,27 @@ export interface GPTOutput {
 
 /** A GPT-2 style language model. */
 export class GPT implements Module {
+  /** Hyperparameters, with `dropout` filled in (default 0). */
   readonly config: GPTConfig;
+  /** Token embedding `[V, C]`, `wte.weight`. */
   readonly wte: Embedding;
+  /** Learned position embedding `[T, C]`, `wpe.weight`. */
   readonly wpe: Embedding;
+  /** Transformer blocks `h.0` to `h.<layers − 1>`, applied in order. */
   readonly blocks: Block[];
+  /** Final LayerNorm `ln_f`, applied before the head. */
   readonly lnF: LayerNorm;
+  /** Language-model head `[V, C]`, `lm_head.weight`, separate from `wte`. */
   readonly lmHead: Parameter;
   /** Attention implementation: one fused kernel, or spelled out with tensor ops. */
   attentionMode: "fused" | "reference";
   /** Generator for dropout masks; its state is part of a run's state. */
   readonly dropoutRandom: Random;
 
+  /**
+   * Builds the model with weights drawn from a generator seeded with
+   * `options.seed`. Throws an `Error` for a config that `validateConfig` rejects.
+   */
   constructor(config: GPTConfig, options: GPTOptions = {}) {
     const problem = validateConfig(config);
     if (problem !== null) throw new Error(`invalid model config: ${problem}`);

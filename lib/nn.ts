@@ -80,9 +80,15 @@ export interface LayerOptions {
  * Accepts `[N, in]` or `[B, T, in]` input.
  */
 export class Linear implements Module {
+  /** Weight `W` `[in, out]`, named `<name>.weight`. */
   readonly weight: Parameter;
+  /** Bias `b` `[out]`, named `<name>.bias`, or null when built with `bias: false`. */
   readonly bias: Parameter | null;
 
+  /**
+   * Builds `W` from N(0, std²) samples of `options.random` and, unless
+   * `options.bias` is false, a zero bias.
+   */
   constructor(inFeatures: number, outFeatures: number, options: LayerOptions & { bias?: boolean }) {
     this.weight = new Parameter(`${options.name}.weight`, [inFeatures, outFeatures])
       .initNormal(options.random, options.std ?? 0.02);
@@ -91,11 +97,13 @@ export class Linear implements Module {
       : new Parameter(`${options.name}.bias`, [outFeatures]);
   }
 
+  /** Returns `x · W + b` for `x` `[N, in]` or `[B, T, in]`. */
   forward(x: Tensor): Tensor {
     const y = x.dot(this.weight);
     return this.bias === null ? y : y.add(this.bias);
   }
 
+  /** Returns `[weight, bias]`, or `[weight]` without a bias. */
   parameters(): Parameter[] {
     return this.bias === null ? [this.weight] : [this.weight, this.bias];
   }
@@ -103,9 +111,12 @@ export class Linear implements Module {
 
 /** Layer normalisation over the last axis, with a gain (init 1) and a bias (init 0). */
 export class LayerNorm implements Module {
+  /** Gain γ `[channels]`, named `<name>.weight`. */
   readonly weight: Parameter;
+  /** Bias β `[channels]`, named `<name>.bias`. */
   readonly bias: Parameter;
 
+  /** Builds the gain and bias for `channels` features. `eps` defaults to 1e-5. */
   constructor(channels: number, options: { name: string; eps?: number }) {
     this.weight = new Parameter(`${options.name}.weight`, [channels]).initConstant(1);
     this.bias = new Parameter(`${options.name}.bias`, [channels]);
@@ -115,6 +126,7 @@ export class LayerNorm implements Module {
   /** Added to the variance before the square root. */
   readonly eps: number;
 
+  /** Returns `(x − μ) / √(σ² + eps) · γ + β` over the last axis of `x` `[..., channels]`. */
   forward(x: Tensor): Tensor {
     return x.layerNorm(this.weight, this.bias, this.eps);
   }
@@ -126,8 +138,10 @@ export class LayerNorm implements Module {
 
 /** A lookup table `[count, channels]`: id → row. A row used twice in a batch gets both gradients. */
 export class Embedding implements Module {
+  /** Table `[count, channels]`, named `<name>.weight`. */
   readonly weight: Parameter;
 
+  /** Builds the table from N(0, std²) samples of `options.random`. */
   constructor(count: number, channels: number, options: LayerOptions) {
     this.weight = new Parameter(`${options.name}.weight`, [count, channels])
       .initNormal(options.random, options.std ?? 0.02);

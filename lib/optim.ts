@@ -42,6 +42,7 @@ export interface OptimizerParameter {
 
 /** Parameters that share a learning rate and a weight decay. */
 export interface ParamGroup<P extends OptimizerParameter = OptimizerParameter> {
+  /** Parameters of this group. A name may appear in only one group of an optimizer. */
   params: readonly P[];
   /** Learning rate of this group. Defaults to the optimizer's `lr`. */
   lr?: number;
@@ -61,9 +62,13 @@ export type ParamsInput = readonly OptimizerParameter[] | readonly ParamGroup[];
  * `x * lrScale`.
  */
 export interface OptimizerGroup {
+  /** Parameters of this group, in the order they were given. */
   readonly params: readonly OptimizerParameter[];
+  /** Learning rate this group applies on the next step. */
   readonly lr: number;
+  /** Ratio of this group's `lr` to the optimizer's base `lr`. */
   readonly lrScale: number;
+  /** Weight decay λ of this group. */
   readonly weightDecay: number;
 }
 
@@ -76,6 +81,7 @@ interface MutableGroup {
 
 /** A parameter that may carry its shape, as `decayGroups` needs. */
 export interface ShapedParameter extends OptimizerParameter {
+  /** Size of each dimension. Its product must equal `data.length`. */
   shape?: readonly number[];
 }
 
@@ -199,18 +205,23 @@ export type ScheduleType = "LinearWarmup" | "CosineWithWarmup";
 export interface GroupConfig {
   /** Names of the group's parameters, in order. */
   params: string[];
+  /** Learning rate of the group when the state was taken. */
   lr: number;
+  /** Ratio of the group's `lr` to the base `lr` (see `OptimizerGroup`). */
   lrScale: number;
+  /** Weight decay λ of the group. */
   weightDecay: number;
 }
 
 /** The JSON part of an optimizer's state: hyperparameters and step counts. */
 export interface OptimizerConfig {
+  /** Class that wrote the state. Loading checks that it matches. */
   type: OptimizerType;
   /** Base learning rate. */
   lr: number;
   /** Hyperparameters other than the rates and weight decays, such as `beta1`. */
   hyper: Record<string, number | boolean>;
+  /** Parameter groups, in the optimizer's order. */
   groups: GroupConfig[];
   /**
    * Updates applied to each parameter, keyed by name. Like PyTorch's
@@ -221,15 +232,19 @@ export interface OptimizerConfig {
 
 /** The JSON part of a schedule's state, wrapping its optimizer's. */
 export interface ScheduleConfig {
+  /** Class that wrote the state. Loading checks that it matches. */
   type: ScheduleType;
   /** Number of `step()` calls so far: the absolute step the next call applies. */
   step: number;
+  /** Peak rate, reached at the end of the warmup. */
   baseLr: number;
+  /** Steps of linear warmup. */
   warmupSteps: number;
   /** Present for `CosineWithWarmup` only. */
   totalSteps?: number;
   /** Present for `CosineWithWarmup` only. */
   floor?: number;
+  /** State of the wrapped optimizer, itself possibly a schedule. */
   optimizer: OptimizerConfig | ScheduleConfig;
 }
 
@@ -242,7 +257,9 @@ export interface ScheduleConfig {
  * store them as float32 tensors under a prefix of its own.
  */
 export interface OptimizerState {
+  /** Hyperparameters, groups and step counts, safe to store as JSON. */
   config: OptimizerConfig | ScheduleConfig;
+  /** Copies of the moment buffers, keyed `<paramName>.<bufferName>`. */
   buffers: Map<string, Float32Array>;
 }
 
@@ -256,6 +273,12 @@ export interface Optimizer {
   clipGradNorm(maxNorm: number): number;
   /** Base learning rate. Setting it rescales every group (see `OptimizerGroup`). */
   get lr(): number;
+  /**
+   * Sets the base learning rate. Throws a `RangeError` unless it is finite and >= 0.
+   *
+   * @ignore Hidden from the docs because `deno doc --lint` (Deno 2.9.6) requires a
+   * return type on this setter, and the parser rejects one. The getter documents `lr`.
+   */
   set lr(value: number);
   /** Returns a copy of the state that `loadStateDict` restores. */
   stateDict(): OptimizerState;
@@ -268,25 +291,34 @@ export interface Optimizer {
   loadStateDict(state: OptimizerState): void;
 }
 
-type Hyperparameters = Record<string, number | boolean>;
+/** Hyperparameters of an optimizer other than its rates and weight decays, by name. */
+export type Hyperparameters = Record<string, number | boolean>;
 
 /** A parameter that `step()` is about to update, with its gradient present. */
-type SteppedParameter = OptimizerParameter & { grad: Float32Array };
+export type SteppedParameter = OptimizerParameter & { grad: Float32Array };
 
 /**
  * The bookkeeping every optimizer shares: groups, base rate, per-parameter
  * step counts, moment buffers and their state. Subclasses define the update of
  * one parameter.
  */
-abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
+export abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
+  /** Name of the concrete optimizer, stored in its state. */
   abstract readonly type: OptimizerType;
+  /** Current hyperparameters, replaced when a state is loaded. */
   protected hyper: H;
-  protected readonly buffers = new Map<string, Float32Array>();
+  /** Moment buffers, keyed `<paramName>.<bufferName>`. */
+  protected readonly buffers: Map<string, Float32Array> = new Map<string, Float32Array>();
   readonly #groups: MutableGroup[];
   readonly #params: OptimizerParameter[];
   readonly #steps = new Map<string, number>();
   #lr: number;
 
+  /**
+   * Builds the parameter groups and zeroes every step count. Throws a
+   * `RangeError` for a negative or non-finite `lr` or `weightDecay`, and an
+   * `Error` for invalid groups, such as an empty list or a name that appears twice.
+   */
   protected constructor(params: ParamsInput, lr: number, weightDecay: number, hyper: H) {
     requireNonNegative("lr", lr);
     requireNonNegative("weightDecay", weightDecay);
@@ -333,10 +365,15 @@ abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
     return this.#groups;
   }
 
+  /** Base learning rate. Each group applies `lr * lrScale`. */
   get lr(): number {
     return this.#lr;
   }
 
+  /**
+   * Sets the base rate to `value` and each group's rate to `value * lrScale`.
+   * Throws a `RangeError` unless `value` is finite and >= 0.
+   */
   set lr(value: number) {
     requireNonNegative("lr", value);
     this.#lr = value;
@@ -345,6 +382,10 @@ abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
     }
   }
 
+  /**
+   * Updates every parameter whose `grad` is not null and advances its step
+   * count. Throws an `Error` when a gradient's length differs from its parameter's.
+   */
   step(): void {
     for (const group of this.#groups) {
       for (const param of group.params) {
@@ -362,14 +403,17 @@ abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
     }
   }
 
+  /** Fills every gradient with zeros in place. Null gradients stay null. */
   zeroGrad(): void {
     for (const param of this.#params) param.grad?.fill(0);
   }
 
+  /** Clips the gradients of all groups together and returns their norm before clipping. */
   clipGradNorm(maxNorm: number): number {
     return clipGradNorm(this.#params, maxNorm);
   }
 
+  /** Returns the base rate, groups, hyperparameters, step counts and copies of the buffers. */
   stateDict(): OptimizerState {
     const config: OptimizerConfig = {
       type: this.type,
@@ -390,6 +434,12 @@ abstract class BaseOptimizer<H extends Hyperparameters> implements Optimizer {
     return { config, buffers };
   }
 
+  /**
+   * Restores a state from `stateDict()`. Every type, name, count, length and
+   * hyperparameter is checked before anything changes.
+   *
+   * @throws Error naming the first mismatch.
+   */
   loadStateDict(state: OptimizerState): void {
     const config = state.config;
     if (config.type !== this.type) {
@@ -593,14 +643,18 @@ export interface SGDOptions {
  * It keeps no buffers.
  */
 export class SGD extends BaseOptimizer<Record<string, never>> {
+  /** Always `"SGD"`. */
   readonly type: OptimizerType = "SGD";
 
+  /** Builds the optimizer. Throws a `RangeError` for a negative `lr` or `weightDecay`. */
   constructor(params: ParamsInput, options: SGDOptions = {}) {
     super(params, options.lr ?? 1e-3, options.weightDecay ?? 0, {});
   }
 
+  /** Accepts any state, because SGD has no hyperparameters beyond its rates. */
   protected validateHyper(): void {}
 
+  /** Applies `θ ← θ − γ(g + λθ)` to one parameter. */
   protected updateParameter(param: SteppedParameter, group: OptimizerGroup): void {
     const { data, grad } = param;
     const { lr, weightDecay } = group;
@@ -625,7 +679,8 @@ export interface SGDMomentumOptions {
   weightDecay?: number;
 }
 
-type MomentumHyper = { momentum: number; dampening: number; nesterov: boolean };
+/** Hyperparameters of `SGDMomentum` as stored in its state. */
+export type MomentumHyper = { momentum: number; dampening: number; nesterov: boolean };
 
 /**
  * SGD with momentum, as `torch.optim.SGD` with `momentum > 0`:
@@ -640,8 +695,13 @@ type MomentumHyper = { momentum: number; dampening: number; nesterov: boolean };
  * Buffer: `momentum_buffer`.
  */
 export class SGDMomentum extends BaseOptimizer<MomentumHyper> {
+  /** Always `"SGDMomentum"`. */
   readonly type: OptimizerType = "SGDMomentum";
 
+  /**
+   * Builds the optimizer and its zero-filled `momentum_buffer`s. Throws a
+   * `RangeError` for the hyperparameters that `validateHyper` rejects.
+   */
   constructor(params: ParamsInput, options: SGDMomentumOptions) {
     super(params, options.lr ?? 1e-3, options.weightDecay ?? 0, {
       momentum: options.momentum,
@@ -652,6 +712,10 @@ export class SGDMomentum extends BaseOptimizer<MomentumHyper> {
     this.allocateBuffers(["momentum_buffer"]);
   }
 
+  /**
+   * Throws a `RangeError` for a negative or non-finite `momentum`, a non-finite
+   * `dampening`, or `nesterov` without `momentum > 0` and `dampening == 0`.
+   */
   protected validateHyper(hyper: MomentumHyper): void {
     requireNonNegative("momentum", hyper.momentum);
     if (typeof hyper.dampening !== "number" || !Number.isFinite(hyper.dampening)) {
@@ -665,6 +729,7 @@ export class SGDMomentum extends BaseOptimizer<MomentumHyper> {
     }
   }
 
+  /** Updates the momentum buffer, then the parameter. `step` 1 copies the gradient into the buffer. */
   protected updateParameter(
     param: SteppedParameter,
     group: OptimizerGroup,
@@ -704,7 +769,8 @@ export interface RMSpropOptions {
   centered?: boolean;
 }
 
-type RMSpropHyper = { alpha: number; eps: number; momentum: number; centered: boolean };
+/** Hyperparameters of `RMSprop` as stored in its state. */
+export type RMSpropHyper = { alpha: number; eps: number; momentum: number; centered: boolean };
 
 /**
  * RMSprop as `torch.optim.RMSprop`:
@@ -721,8 +787,13 @@ type RMSpropHyper = { alpha: number; eps: number; momentum: number; centered: bo
  * centered.
  */
 export class RMSprop extends BaseOptimizer<RMSpropHyper> {
+  /** Always `"RMSprop"`. */
   readonly type: OptimizerType = "RMSprop";
 
+  /**
+   * Builds the optimizer and its zero-filled buffers. Throws a `RangeError`
+   * for a negative or non-finite `alpha`, `eps` or `momentum`.
+   */
   constructor(params: ParamsInput, options: RMSpropOptions = {}) {
     super(params, options.lr ?? 1e-2, options.weightDecay ?? 0, {
       alpha: options.alpha ?? 0.99,
@@ -737,12 +808,14 @@ export class RMSprop extends BaseOptimizer<RMSpropHyper> {
     this.allocateBuffers(names);
   }
 
+  /** Throws a `RangeError` for a negative or non-finite `alpha`, `eps` or `momentum`. */
   protected validateHyper(hyper: RMSpropHyper): void {
     requireNonNegative("alpha", hyper.alpha);
     requireNonNegative("eps", hyper.eps);
     requireNonNegative("momentum", hyper.momentum);
   }
 
+  /** Updates the running averages, then the parameter, as in the class formulas. */
   protected updateParameter(param: SteppedParameter, group: OptimizerGroup): void {
     const { data, grad } = param;
     const { lr, weightDecay } = group;
@@ -800,7 +873,8 @@ export interface AdamOptions {
   backend?: AdamBackend;
 }
 
-type AdamHyper = { beta1: number; beta2: number; eps: number };
+/** Hyperparameters of `Adam` and `AdamW` as stored in their state. */
+export type AdamHyper = { beta1: number; beta2: number; eps: number };
 
 /**
  * Applies one Adam update in plain TypeScript, the reference that backends are tested against.
@@ -879,9 +953,15 @@ function validateAdamHyper(hyper: AdamHyper): void {
  * Buffers: `exp_avg` (m) and `exp_avg_sq` (v).
  */
 export class Adam extends BaseOptimizer<AdamHyper> {
+  /** Always `"Adam"`. */
   readonly type: OptimizerType = "Adam";
   readonly #backend: AdamBackend | undefined;
 
+  /**
+   * Builds the optimizer and its zero-filled `exp_avg` and `exp_avg_sq`
+   * buffers. Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1)
+   * and `eps` is finite and >= 0.
+   */
   constructor(params: ParamsInput, options: AdamOptions = {}) {
     super(params, options.lr ?? 1e-3, options.weightDecay ?? 0, {
       beta1: options.beta1 ?? 0.9,
@@ -893,10 +973,12 @@ export class Adam extends BaseOptimizer<AdamHyper> {
     this.allocateBuffers(["exp_avg", "exp_avg_sq"], options.backend?.alloc.bind(options.backend));
   }
 
+  /** Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1) and `eps` is finite and >= 0. */
   protected validateHyper(hyper: AdamHyper): void {
     validateAdamHyper(hyper);
   }
 
+  /** Applies one Adam step with an L2 penalty, on the backend when the group's weight decay is 0. */
   protected updateParameter(
     param: SteppedParameter,
     group: OptimizerGroup,
@@ -922,9 +1004,15 @@ export class Adam extends BaseOptimizer<AdamHyper> {
  * Buffers: `exp_avg` (m) and `exp_avg_sq` (v).
  */
 export class AdamW extends BaseOptimizer<AdamHyper> {
+  /** Always `"AdamW"`. */
   readonly type: OptimizerType = "AdamW";
   readonly #backend: AdamBackend | undefined;
 
+  /**
+   * Builds the optimizer and its zero-filled `exp_avg` and `exp_avg_sq`
+   * buffers. Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1)
+   * and `eps` is finite and >= 0.
+   */
   constructor(params: ParamsInput, options: AdamOptions = {}) {
     super(params, options.lr ?? 1e-3, options.weightDecay ?? 0.01, {
       beta1: options.beta1 ?? 0.9,
@@ -936,10 +1024,12 @@ export class AdamW extends BaseOptimizer<AdamHyper> {
     this.allocateBuffers(["exp_avg", "exp_avg_sq"], options.backend?.alloc.bind(options.backend));
   }
 
+  /** Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1) and `eps` is finite and >= 0. */
   protected validateHyper(hyper: AdamHyper): void {
     validateAdamHyper(hyper);
   }
 
+  /** Applies decoupled weight decay and one Adam step, on the backend when there is one. */
   protected updateParameter(
     param: SteppedParameter,
     group: OptimizerGroup,
@@ -1008,13 +1098,19 @@ function requireStepCount(name: string, value: number): void {
  * `lr` reads the rate that the next `step()` applies. Setting `lr` sets the
  * schedule's base (peak) rate. `zeroGrad` and `clipGradNorm` pass through.
  */
-abstract class Schedule implements Optimizer {
+export abstract class Schedule implements Optimizer {
+  /** Name of the concrete schedule, stored in its state. */
   abstract readonly type: ScheduleType;
+  /** The wrapped optimizer, whose rate this schedule sets before each step. */
   readonly optimizer: Optimizer;
   #step = 0;
   #baseLr: number;
   #warmupSteps: number;
 
+  /**
+   * Wraps `optimizer` at step 0. Throws a `RangeError` unless `warmupSteps` is
+   * an integer >= 0 and `baseLr` is finite and >= 0.
+   */
   protected constructor(optimizer: Optimizer, warmupSteps: number, baseLr: number) {
     requireStepCount("warmupSteps", warmupSteps);
     requireNonNegative("baseLr", baseLr);
@@ -1037,18 +1133,22 @@ abstract class Schedule implements Optimizer {
     return this.#step;
   }
 
+  /** Peak rate, reached at the end of the warmup. */
   get baseLr(): number {
     return this.#baseLr;
   }
 
+  /** Steps of linear warmup. */
   get warmupSteps(): number {
     return this.#warmupSteps;
   }
 
+  /** Rate that the next `step()` applies, `rateAt(stepCount)`. */
   get lr(): number {
     return this.rateAt(this.#step);
   }
 
+  /** Sets the base (peak) rate. Throws a `RangeError` unless it is finite and >= 0. */
   set lr(value: number) {
     requireNonNegative("lr", value);
     this.#baseLr = value;
@@ -1061,14 +1161,17 @@ abstract class Schedule implements Optimizer {
     this.#step += 1;
   }
 
+  /** Fills the wrapped optimizer's gradients with zeros. */
   zeroGrad(): void {
     this.optimizer.zeroGrad();
   }
 
+  /** Clips the wrapped optimizer's gradients and returns their norm before clipping. */
   clipGradNorm(maxNorm: number): number {
     return this.optimizer.clipGradNorm(maxNorm);
   }
 
+  /** Returns the schedule's fields wrapped around the optimizer's state, with the optimizer's buffers. */
   stateDict(): OptimizerState {
     const inner = this.optimizer.stateDict();
     const config: ScheduleConfig = {
@@ -1082,6 +1185,12 @@ abstract class Schedule implements Optimizer {
     return { config, buffers: inner.buffers };
   }
 
+  /**
+   * Restores a state from `stateDict()`, the wrapped optimizer's included.
+   * Nothing changes unless every field is valid.
+   *
+   * @throws Error naming the first mismatch.
+   */
   loadStateDict(state: OptimizerState): void {
     const config = state.config as ScheduleConfig;
     if (config.type !== this.type) {
@@ -1117,20 +1226,28 @@ export interface LinearWarmupOptions {
  * `baseLr · min(1, (s + 1) / warmupSteps)`. See `linearWarmupRate`.
  */
 export class LinearWarmup extends Schedule {
+  /** Always `"LinearWarmup"`. */
   readonly type: ScheduleType = "LinearWarmup";
 
+  /**
+   * Wraps `optimizer` at step 0. Throws a `RangeError` unless `warmupSteps` is
+   * an integer >= 0 and the base rate is finite and >= 0.
+   */
   constructor(optimizer: Optimizer, options: LinearWarmupOptions) {
     super(optimizer, options.warmupSteps, options.baseLr ?? optimizer.lr);
   }
 
+  /** Returns `linearWarmupRate(step, baseLr, warmupSteps)` for 0-based `step`. */
   rateAt(step: number): number {
     return linearWarmupRate(step, this.baseLr, this.warmupSteps);
   }
 
+  /** Returns no fields, because the base state covers this schedule. */
   protected extraConfig(): Partial<ScheduleConfig> {
     return {};
   }
 
+  /** Returns a no-op, because this schedule has no fields of its own. */
   protected loadExtraConfig(): () => void {
     return () => {};
   }
@@ -1157,10 +1274,16 @@ export interface CosineWithWarmupOptions {
  * step on.
  */
 export class CosineWithWarmup extends Schedule {
+  /** Always `"CosineWithWarmup"`. */
   readonly type: ScheduleType = "CosineWithWarmup";
   #totalSteps: number;
   #floor: number;
 
+  /**
+   * Wraps `optimizer` at step 0. Throws a `RangeError` unless `warmupSteps` and
+   * `totalSteps` are integers with `0 <= warmupSteps <= totalSteps`, and the
+   * base rate and floor are finite and >= 0.
+   */
   constructor(optimizer: Optimizer, options: CosineWithWarmupOptions) {
     const baseLr = options.baseLr ?? optimizer.lr;
     super(optimizer, options.warmupSteps, baseLr);
@@ -1171,10 +1294,12 @@ export class CosineWithWarmup extends Schedule {
     this.#floor = floor;
   }
 
+  /** Step at which the rate reaches `floor`. */
   get totalSteps(): number {
     return this.#totalSteps;
   }
 
+  /** Final rate, an absolute value. */
   get floor(): number {
     return this.#floor;
   }
@@ -1185,6 +1310,7 @@ export class CosineWithWarmup extends Schedule {
     this.#totalSteps = totalSteps;
   }
 
+  /** Returns `cosineWithWarmupRate` at 0-based `step` with this schedule's fields. */
   rateAt(step: number): number {
     return cosineWithWarmupRate(
       step,
@@ -1195,10 +1321,15 @@ export class CosineWithWarmup extends Schedule {
     );
   }
 
+  /** Returns `totalSteps` and `floor`. */
   protected extraConfig(): Partial<ScheduleConfig> {
     return { totalSteps: this.#totalSteps, floor: this.#floor };
   }
 
+  /**
+   * Checks `totalSteps` and `floor` from a loaded state and returns the
+   * function that applies them. Throws a `RangeError` for an invalid value.
+   */
   protected loadExtraConfig(config: ScheduleConfig): () => void {
     const { totalSteps, floor } = config;
     this.#validateTotal(totalSteps as number, config.warmupSteps);

@@ -43,6 +43,7 @@ export class CheckpointError extends Error {
   /** Path of the file that failed, or a description when the bytes came from elsewhere. */
   readonly file: string;
 
+  /** Builds an error whose message is `<file>: <problem>`. `options.cause` keeps the underlying error. */
   constructor(file: string, problem: string, options?: ErrorOptions) {
     super(`${file}: ${problem}`, options);
     this.name = "CheckpointError";

@@ -140,9 +140,11 @@ export interface MetricsRecord {
 
 /** Where a finished run left its files and what it reached. */
 export interface TrainResult {
+  /** Folder of this run, holding `metrics.jsonl`, the arguments and the checkpoints. */
   runDir: string;
   /** Last checkpoint written (its sidecar), or null. */
   checkpoint: string | null;
+  /** Optimizer steps completed, including those of the run this one resumed. */
   step: number;
   /** Validation loss before the first step of this process. */
   firstValLoss: number;
@@ -168,6 +170,7 @@ export interface TrainIO {
 
 /** An error in the user's input (corpus, checkpoint, options): reported as one line, never a stack trace. */
 export class TrainError extends Error {
+  /** Always `"TrainError"`. */
   override name = "TrainError";
 }
 

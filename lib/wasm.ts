@@ -27,6 +27,7 @@ import {
   canStartWorkers,
   KERNEL_NAMES,
   type KernelName,
+  MAX_CHUNKS,
   WORKER_URL,
   WorkerPool,
 } from "./wasm/pool.ts";
@@ -76,11 +77,11 @@ const MAX_DEFAULT_THREADS = 8;
 const PARALLEL_MIN_MACS = 1 << 18;
 /** Row and element-wise kernels below this many elements run on one thread. */
 const PARALLEL_MIN_ELEMENTS = 1 << 15;
-/** Rows and columns of the GEMM micro-kernel tile, so that thread shares cut at tile edges. */
+/** Chunks per thread of a parallel call: more than 1, so a thread that starts late costs less. */
+const CHUNKS_PER_THREAD = 2;
+/** Rows and columns of the GEMM micro-kernel tile, so that chunks cut at tile edges. */
 const GEMM_MR = 6;
 const GEMM_NR = 8;
-/** Bytes at the bottom of the memory that the allocator never hands out (address 0 stays unused). */
-const RESERVED_BYTES = 64;
 
 function decodeBase64(text: string): Uint8Array<ArrayBuffer> {
   const binary = atob(text);
@@ -151,6 +152,8 @@ class WasmBackendImpl implements WasmBackend {
 
   readonly #allocator: SharedMemoryAllocator;
   readonly #kernels: Record<KernelName, Kernel>;
+  /** The same kernels, in the order of KERNEL_NAMES. */
+  readonly #kernelList: Kernel[];
   readonly #scratchBytes: (seqLen: number) => number;
   #pool: WorkerPool | undefined;
   /** One scratch block per thread, index 0 for the main thread. */
@@ -166,11 +169,15 @@ class WasmBackendImpl implements WasmBackend {
   ) {
     this.memory = memory;
     this.relaxedSimd = relaxedSimd;
-    this.#allocator = new SharedMemoryAllocator(memory, RESERVED_BYTES);
     const exports = instance.exports;
+    // The module keeps a constant table at the bottom of the memory.
+    (exports.initialize as () => void)();
+    const reserved = (exports.reservedBytes as () => number)();
+    this.#allocator = new SharedMemoryAllocator(memory, reserved);
     this.#kernels = Object.fromEntries(
       KERNEL_NAMES.map((name) => [name, exports[name] as Kernel]),
     ) as Record<KernelName, Kernel>;
+    this.#kernelList = KERNEL_NAMES.map((name) => this.#kernels[name]);
     this.#scratchBytes = exports.scratchBytes as (seqLen: number) => number;
     this.#pool = pool;
     this.#ensureScratch(0);
@@ -219,6 +226,7 @@ class WasmBackendImpl implements WasmBackend {
     const size = Math.max(bytes, this.#scratchSize);
     this.#scratch = Array.from({ length: this.threads }, () => this.#allocator.allocate(size));
     this.#scratchSize = size;
+    this.#scratch.forEach((address, thread) => this.#pool?.setScratch(thread, address));
   }
 
   /**
@@ -265,30 +273,28 @@ class WasmBackendImpl implements WasmBackend {
   // -------------------------------------------------------------------------
   // Thread dispatch
 
-  /** Number of threads to use for `work` units, given the threshold `minWork`. */
-  #threadsFor(work: number, minWork: number): number {
+  /**
+   * Returns how many chunks to cut `work` units into: 1 below `minWork` or
+   * without workers, else up to CHUNKS_PER_THREAD per thread, each at least
+   * `minWork / 2`.
+   */
+  #chunksFor(work: number, minWork: number): number {
     if (this.#pool === undefined || work < minWork) return 1;
-    return Math.min(this.threads, Math.max(1, Math.floor(work / (minWork / 2))));
+    const most = Math.min(MAX_CHUNKS, this.threads * CHUNKS_PER_THREAD);
+    return Math.max(1, Math.min(most, Math.floor(work / (minWork / 2))));
   }
 
   /**
-   * Runs `kernel` once per thread with the arguments `jobs[t]`: jobs 1.. on
-   * the workers, job 0 on the main thread, and returns when all are done.
+   * Runs `kernel` once per argument list in `chunks` and returns when all are
+   * done: on the calling thread alone for one chunk, else on every thread.
    */
-  #runJobs(kernel: KernelName, jobs: number[][]): void {
-    const fn = this.#kernels[kernel];
-    if (jobs.length === 1) {
-      fn(...jobs[0]);
+  #runChunks(kernel: KernelName, chunks: number[][]): void {
+    if (chunks.length === 1 || this.#pool === undefined) {
+      const fn = this.#kernels[kernel];
+      for (const chunk of chunks) fn(...chunk);
       return;
     }
-    const pool = this.#pool!;
-    const index = KERNEL_NAMES.indexOf(kernel);
-    for (let t = 1; t < jobs.length; t++) pool.post(t - 1, index, jobs[t]);
-    try {
-      fn(...jobs[0]);
-    } finally {
-      pool.waitAll(jobs.length - 1);
-    }
+    this.#pool.run(KERNEL_NAMES.indexOf(kernel), chunks, this.#kernelList);
   }
 
   /**
@@ -305,7 +311,7 @@ class WasmBackendImpl implements WasmBackend {
     unitBytes: readonly number[],
     countArg: number,
   ): void {
-    const parts = this.#threadsFor(units * unitElements, PARALLEL_MIN_ELEMENTS);
+    const parts = this.#chunksFor(units * unitElements, PARALLEL_MIN_ELEMENTS);
     if (parts === 1) {
       this.#kernels[kernel](...args);
       return;
@@ -318,7 +324,7 @@ class WasmBackendImpl implements WasmBackend {
       job[countArg] = Math.min(step, units - start);
       jobs.push(job);
     }
-    this.#runJobs(kernel, jobs);
+    this.#runChunks(kernel, jobs);
   }
 
   // -------------------------------------------------------------------------
@@ -382,7 +388,6 @@ class WasmBackendImpl implements WasmBackend {
       rows: number,
       cols: number,
       count: number,
-      thread: number,
     ) => [
       transA ? 1 : 0,
       transB ? 1 : 0,
@@ -400,13 +405,14 @@ class WasmBackendImpl implements WasmBackend {
       strideA,
       strideB,
       strideC,
-      this.#scratch[thread],
+      // Replaced by each thread's own scratch block when the call runs in chunks.
+      this.#scratch[0],
     ];
 
     // Threads may only split C where their parts cannot overlap: separate
     // matrices of the batch, or rows or columns of a C shared by the batch.
     const disjoint = strideC === 0 || strideC >= m * n;
-    let parts = disjoint ? this.#threadsFor(batch * m * n * k, PARALLEL_MIN_MACS) : 1;
+    let parts = disjoint ? this.#chunksFor(batch * m * n * k, PARALLEL_MIN_MACS) : 1;
     const jobs: number[][] = [];
     if (parts > 1 && batch >= parts && strideC !== 0) {
       const step = Math.ceil(batch / parts);
@@ -414,7 +420,7 @@ class WasmBackendImpl implements WasmBackend {
         const count = Math.min(step, batch - p);
         const at = (base: number, stride: number) => base + p * stride * 4;
         jobs.push(
-          job(at(pa, strideA), at(pb, strideB), at(pc, strideC), m, n, count, jobs.length),
+          job(at(pa, strideA), at(pb, strideB), at(pc, strideC), m, n, count),
         );
       }
     } else if (parts > 1 && m >= n) {
@@ -422,19 +428,19 @@ class WasmBackendImpl implements WasmBackend {
       const step = Math.ceil(m / parts / GEMM_MR) * GEMM_MR;
       for (let i = 0; i < m; i += step) {
         const a = pa + i * (transA ? 1 : lda) * 4;
-        jobs.push(job(a, pb, pc + i * n * 4, Math.min(step, m - i), n, batch, jobs.length));
+        jobs.push(job(a, pb, pc + i * n * 4, Math.min(step, m - i), n, batch));
       }
     } else if (parts > 1) {
       parts = Math.min(parts, Math.ceil(n / GEMM_NR));
       const step = Math.ceil(n / parts / GEMM_NR) * GEMM_NR;
       for (let j = 0; j < n; j += step) {
         const b = pb + j * (transB ? ldb : 1) * 4;
-        jobs.push(job(pa, b, pc + j * 4, m, Math.min(step, n - j), batch, jobs.length));
+        jobs.push(job(pa, b, pc + j * 4, m, Math.min(step, n - j), batch));
       }
     } else {
-      jobs.push(job(pa, pb, pc, m, n, batch, 0));
+      jobs.push(job(pa, pb, pc, m, n, batch));
     }
-    this.#runJobs("sgemm", jobs);
+    this.#runChunks("sgemm", jobs);
   }
 
   softmaxForward(x: Float32Array, y: Float32Array, rows: number, cols: number): void {
@@ -705,12 +711,12 @@ class WasmBackendImpl implements WasmBackend {
     kernel: KernelName,
   ): void {
     if (pairs === 0) return;
-    const parts = Math.min(pairs, this.#threadsFor(pairs * pairWork, PARALLEL_MIN_MACS));
+    const parts = Math.min(pairs, this.#chunksFor(pairs * pairWork, PARALLEL_MIN_MACS));
     const step = Math.ceil(pairs / parts);
     const jobs: number[][] = [];
     for (let start = 0; start < pairs; start += step) {
-      jobs.push(args(start, Math.min(pairs, start + step), this.#scratch[jobs.length]));
+      jobs.push(args(start, Math.min(pairs, start + step), this.#scratch[0]));
     }
-    this.#runJobs(kernel, jobs);
+    this.#runChunks(kernel, jobs);
   }
 }

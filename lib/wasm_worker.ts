@@ -1,7 +1,7 @@
 /**
  * Worker thread of the `wasm` backend (started by `WorkerPool` in
- * `lib/wasm/pool.ts`): instantiates the kernel module on the shared memory
- * and runs the jobs posted to its slot of the control block until it reads STOP.
+ * `lib/wasm/pool.ts`): instantiates the kernel module on the shared memory,
+ * then runs chunks of each call the main thread posts, until it reads STOP.
  *
  * @module
  */
@@ -12,56 +12,46 @@ import {
   FIELD,
   KERNEL_NAMES,
   MAX_ARGS,
+  MAX_CHUNKS,
+  MAX_THREADS,
   MESSAGE_BYTES,
   MESSAGE_OFFSET,
-  SLOT_BYTES,
+  runChunks,
+  SCRATCH_OFFSET,
   SPIN_LIMIT,
   STOP,
   type WorkerSetup,
 } from "./wasm/pool.ts";
 
-type Kernel = (...args: number[]) => void;
-
 function serve(setup: WorkerSetup): void {
   const instance = new WebAssembly.Instance(setup.module, { env: { memory: setup.memory } });
-  const kernels = KERNEL_NAMES.map((name) => instance.exports[name] as Kernel);
+  const kernels = KERNEL_NAMES.map((name) => instance.exports[name] as (...args: number[]) => void);
 
   const control = new Int32Array(setup.control);
-  const base = setup.slot * (SLOT_BYTES / 4);
-  const args = new Float64Array(setup.control, setup.slot * SLOT_BYTES + ARGS_OFFSET, MAX_ARGS);
-  const message = new Uint8Array(
-    setup.control,
-    setup.slot * SLOT_BYTES + MESSAGE_OFFSET,
-    MESSAGE_BYTES,
-  );
+  const args = new Float64Array(setup.control, ARGS_OFFSET, MAX_CHUNKS * MAX_ARGS);
+  const message = new Uint8Array(setup.control, MESSAGE_OFFSET, MESSAGE_BYTES);
   const argv: number[] = new Array(MAX_ARGS).fill(0);
+  const scratchTable = new Float64Array(setup.control, SCRATCH_OFFSET, MAX_THREADS);
   const encoder = new TextEncoder();
+  // The first worker to fail in a call writes the message the main thread throws.
+  const reportError = (error: unknown) => {
+    if (Atomics.compareExchange(control, FIELD.failed, 0, 1) !== 0) return;
+    const { written } = encoder.encodeInto(String(error), message);
+    Atomics.store(control, FIELD.messageLength, written);
+  };
 
   parentPort!.postMessage("ready");
 
-  let seen = Atomics.load(control, base + FIELD.sequence);
+  let seen = Atomics.load(control, FIELD.sequence);
   for (;;) {
     let spins = 0;
-    while (Atomics.load(control, base + FIELD.sequence) === seen) {
+    while (Atomics.load(control, FIELD.sequence) === seen) {
       if (++spins < SPIN_LIMIT) continue;
-      Atomics.wait(control, base + FIELD.sequence, seen);
+      Atomics.wait(control, FIELD.sequence, seen);
     }
-    seen = Atomics.load(control, base + FIELD.sequence);
-
-    const kernel = control[base + FIELD.kernel];
-    if (kernel === STOP) return;
-
-    control[base + FIELD.failed] = 0;
-    try {
-      for (let i = 0; i < MAX_ARGS; i++) argv[i] = args[i];
-      kernels[kernel].apply(null, argv);
-    } catch (error) {
-      const { written } = encoder.encodeInto(String(error), message);
-      control[base + FIELD.messageLength] = written;
-      control[base + FIELD.failed] = 1;
-    }
-    Atomics.store(control, base + FIELD.done, seen);
-    Atomics.notify(control, base + FIELD.done);
+    seen = Atomics.load(control, FIELD.sequence);
+    if (Atomics.load(control, FIELD.kernel) === STOP) return;
+    runChunks(control, args, kernels, argv, scratchTable[setup.thread], reportError);
   }
 }
 

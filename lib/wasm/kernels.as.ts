@@ -1,4 +1,6 @@
 // @ts-nocheck: AssemblyScript source (v128, f32, usize, load<T>), not a Deno module.
+// deno-fmt-ignore-file: deno fmt drops the `@inline` decorators, which are not TypeScript.
+// deno-lint-ignore-file
 //
 // Kernels of the `wasm` backend, written in AssemblyScript and compiled by
 // `deno task build:wasm` into `lib/wasm/kernels_wasm.ts`.
@@ -20,26 +22,94 @@
 // SIMD helpers
 
 /** Returns `a · b + c` lane by lane, fused where the relaxed-SIMD build allows. */
-
+@inline
 function madd(a: v128, b: v128, c: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
   return f32x4.add(f32x4.mul(a, b), c);
 }
 
 /** Returns the sum of the four lanes of `v`. */
-
+@inline
 function sumLanes(v: v128): f32 {
   return f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1) +
     (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3));
 }
 
 /** Returns the largest of the four lanes of `v` (NaN if any lane is NaN). */
-
+@inline
 function maxLanes(v: v128): f32 {
   return max(
     max(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)),
     max(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)),
   );
+}
+
+const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
+const GELU_CUBIC: f32 = 0.044715;
+
+// Constant vectors come from a table in memory, not from `v128.const`:
+// V8 in Deno 2.9.6 rebuilds a `v128.const` on every use inside a loop, which
+// made `exp4` three times slower, and Binaryen folds any constant expression
+// back into `v128.const`. A broadcast load from the table costs one load.
+// The host reserves the bytes below `reservedBytes()`, and `initialize()`
+// fills the table once per memory.
+
+/** Start of the constant table: one f32 (or i32) per 4-byte slot. */
+const TABLE: usize = 64;
+/** End of the bytes this module uses below the host's allocations. */
+const RESERVED_BYTES: usize = 256;
+
+// Byte offsets of the constants within the table.
+const K_EXP_MIN = 0;
+const K_EXP_MAX = 4;
+const K_LOG2E = 8;
+const K_ROUND_MAGIC = 12;
+const K_LN2_HI = 16;
+const K_LN2_LO = 20;
+const K_EXPONENT_BIAS = 24; // i32: 127 − ROUND_MAGIC_BITS
+const K_TAYLOR7 = 28; // 1/7! … 1/2!, then 1 (twice: 1/1! and 1/0!)
+const K_TAYLOR6 = 32;
+const K_TAYLOR5 = 36;
+const K_TAYLOR4 = 40;
+const K_TAYLOR3 = 44;
+const K_TAYLOR2 = 48;
+const K_ONE = 52;
+const K_GELU_SCALE = 56;
+const K_GELU_CUBIC = 60;
+const K_GELU_CUBIC3 = 64;
+const K_MINUS_TWO = 68;
+
+/** Returns the table constant at byte offset `slot`, in all four lanes. */
+@inline
+function constant(slot: usize): v128 {
+  return v128.load32_splat(TABLE + slot);
+}
+
+/** Returns how many bytes at the bottom of the memory the host must leave to this module. */
+export function reservedBytes(): usize {
+  return RESERVED_BYTES;
+}
+
+/** Writes the constant table. Call once per memory, before any kernel. */
+export function initialize(): void {
+  store<f32>(TABLE + K_EXP_MIN, EXP_MIN);
+  store<f32>(TABLE + K_EXP_MAX, EXP_MAX);
+  store<f32>(TABLE + K_LOG2E, LOG2E);
+  store<f32>(TABLE + K_ROUND_MAGIC, ROUND_MAGIC);
+  store<f32>(TABLE + K_LN2_HI, LN2_HI);
+  store<f32>(TABLE + K_LN2_LO, LN2_LO);
+  store<i32>(TABLE + K_EXPONENT_BIAS, 127 - ROUND_MAGIC_BITS);
+  store<f32>(TABLE + K_TAYLOR7, 1.0 / 5040.0);
+  store<f32>(TABLE + K_TAYLOR6, 1.0 / 720.0);
+  store<f32>(TABLE + K_TAYLOR5, 1.0 / 120.0);
+  store<f32>(TABLE + K_TAYLOR4, 1.0 / 24.0);
+  store<f32>(TABLE + K_TAYLOR3, 1.0 / 6.0);
+  store<f32>(TABLE + K_TAYLOR2, 0.5);
+  store<f32>(TABLE + K_ONE, 1.0);
+  store<f32>(TABLE + K_GELU_SCALE, GELU_SCALE);
+  store<f32>(TABLE + K_GELU_CUBIC, GELU_CUBIC);
+  store<f32>(TABLE + K_GELU_CUBIC3, 3 * GELU_CUBIC);
+  store<f32>(TABLE + K_MINUS_TWO, -2.0);
 }
 
 const LOG2E: f32 = 1.4426950408889634;
@@ -50,6 +120,8 @@ const LN2_LO: f32 = 1.428606765330187e-6;
 // Below EXP_MIN the result would be subnormal. Those lanes return 0.
 const EXP_MIN: f32 = -87.33654;
 const EXP_MAX: f32 = 88.72283;
+const ROUND_MAGIC: f32 = 12582912.0;
+const ROUND_MAGIC_BITS: i32 = 0x4b400000;
 
 /**
  * Returns e^x lane by lane, within about 2 ulp of the correctly rounded value.
@@ -59,31 +131,40 @@ const EXP_MAX: f32 = 88.72283;
  * factor 2^n is built in the exponent bits. Inputs below EXP_MIN (and −∞)
  * give 0, inputs above EXP_MAX give +∞, and NaN stays NaN.
  */
-
+@inline
 function exp4(x: v128): v128 {
-  const tooSmall = f32x4.lt(x, f32x4.splat(EXP_MIN));
-  const clamped = f32x4.min(f32x4.max(x, f32x4.splat(EXP_MIN)), f32x4.splat(EXP_MAX));
-  const n = f32x4.nearest(f32x4.mul(clamped, f32x4.splat(LOG2E)));
-  let r = f32x4.sub(clamped, f32x4.mul(n, f32x4.splat(LN2_HI)));
-  r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(LN2_LO)));
+  const tooSmall = f32x4.lt(x, constant(K_EXP_MIN));
+  // pmax and pmin compile to single instructions, unlike max and min, and
+  // with x first they pass NaN through.
+  const clamped = f32x4.pmin(f32x4.pmax(x, constant(K_EXP_MIN)), constant(K_EXP_MAX));
 
-  let p = f32x4.splat(1.0 / 5040.0);
-  p = madd(p, r, f32x4.splat(1.0 / 720.0));
-  p = madd(p, r, f32x4.splat(1.0 / 120.0));
-  p = madd(p, r, f32x4.splat(1.0 / 24.0));
-  p = madd(p, r, f32x4.splat(1.0 / 6.0));
-  p = madd(p, r, f32x4.splat(0.5));
-  p = madd(p, r, f32x4.splat(1.0));
-  p = madd(p, r, f32x4.splat(1.0));
+  // Adding ROUND_MAGIC = 1.5 · 2^23 rounds x · log2(e) to the nearest integer
+  // n, which then sits in the low mantissa bits of `shifted`.
+  const magic = constant(K_ROUND_MAGIC);
+  const shifted = madd(clamped, constant(K_LOG2E), magic);
+  const n = f32x4.sub(shifted, magic);
+  let r = f32x4.sub(clamped, f32x4.mul(n, constant(K_LN2_HI)));
+  r = f32x4.sub(r, f32x4.mul(n, constant(K_LN2_LO)));
 
-  // n is at most 128 after the clamp, and 127 + 128 = 255 encodes +∞.
-  const scale = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(n), i32x4.splat(127)), 23);
-  const result = f32x4.mul(p, scale);
+  const one = constant(K_ONE);
+  let p = constant(K_TAYLOR7);
+  p = madd(p, r, constant(K_TAYLOR6));
+  p = madd(p, r, constant(K_TAYLOR5));
+  p = madd(p, r, constant(K_TAYLOR4));
+  p = madd(p, r, constant(K_TAYLOR3));
+  p = madd(p, r, constant(K_TAYLOR2));
+  p = madd(p, r, one);
+  p = madd(p, r, one);
+
+  // The bits of `shifted` are ROUND_MAGIC_BITS + n. n is at most 128 after
+  // the clamp, and the biased exponent 127 + 128 = 255 encodes +∞.
+  const exponent = i32x4.add(shifted, constant(K_EXPONENT_BIAS));
+  const result = f32x4.mul(p, i32x4.shl(exponent, 23));
   return v128.andnot(result, tooSmall);
 }
 
 /** Returns e^x for one float, through the vector routine so both agree. */
-
+@inline
 function expScalar(x: f32): f32 {
   return f32x4.extract_lane(exp4(f32x4.splat(x)), 0);
 }
@@ -248,7 +329,7 @@ function packA(transA: bool, mb: i32, kb: i32, a: usize, lda: i32, dst: usize): 
 }
 
 /** Stores `v` at `c`, or adds it to what is there. */
-
+@inline
 function storeOrAdd(c: usize, v: v128, overwrite: bool): void {
   if (overwrite) v128.store(c, v);
   else v128.store(c, f32x4.add(v128.load(c), v));
@@ -757,22 +838,20 @@ export function layerNormBackward(
 // This form has no cancellation for large negative x, where 1 + tanh(u) → 0.
 // For the derivative, 1 − tanh²(u) = 4 σ(2u) (1 − σ(2u)).
 
-const GELU_SCALE: f32 = 0.7978845608028654; // √(2/π)
-const GELU_CUBIC: f32 = 0.044715;
 
 /** Returns e^(−2u) for x, the one exponential both GELU kernels need. */
-
+@inline
 function geluExp(x: v128): v128 {
   const x2 = f32x4.mul(x, x);
-  const inner = madd(x2, f32x4.splat(GELU_CUBIC), f32x4.splat(1));
-  const u = f32x4.mul(f32x4.mul(x, f32x4.splat(GELU_SCALE)), inner);
-  return exp4(f32x4.mul(u, f32x4.splat(-2)));
+  const inner = madd(x2, constant(K_GELU_CUBIC), constant(K_ONE));
+  const u = f32x4.mul(f32x4.mul(x, constant(K_GELU_SCALE)), inner);
+  return exp4(f32x4.mul(u, constant(K_MINUS_TWO)));
 }
 
 /** Returns gelu(x) = x · σ(2u) = x / (1 + e^(−2u)). */
-
+@inline
 function gelu(x: v128): v128 {
-  return f32x4.div(x, f32x4.add(f32x4.splat(1), geluExp(x)));
+  return f32x4.div(x, f32x4.add(constant(K_ONE), geluExp(x)));
 }
 
 /**
@@ -780,14 +859,15 @@ function gelu(x: v128): v128 {
  * u' = √(2/π) (1 + 3 · 0.044715 x²). σ (1 − σ) is computed as e · σ² with
  * e = e^(−2u), because 1 − σ loses all its digits where σ rounds to 1.
  */
-
+@inline
 function geluSlope(x: v128): v128 {
   const e = geluExp(x);
-  const sigma = f32x4.div(f32x4.splat(1), f32x4.add(f32x4.splat(1), e));
+  const one = constant(K_ONE);
+  const sigma = f32x4.div(one, f32x4.add(one, e));
   const x2 = f32x4.mul(x, x);
   const du = f32x4.mul(
-    f32x4.splat(GELU_SCALE),
-    madd(x2, f32x4.splat(3 * GELU_CUBIC), f32x4.splat(1)),
+    constant(K_GELU_SCALE),
+    madd(x2, constant(K_GELU_CUBIC3), one),
   );
   // Where e overflows to +∞, σ is 0 and e · σ² would be ∞ · 0: the limit is 0.
   const spread = f32x4.mul(f32x4.mul(e, sigma), sigma);

@@ -2,12 +2,15 @@
  * The worker threads of the `wasm` backend and the control block they share
  * with the main thread.
  *
- * Each worker instantiates the kernel module on the backend's shared memory
- * and loops: wait for a job in its slot of the control block, call the
- * exported kernel with the job's arguments, mark the job done. The main
- * thread posts one job per worker, runs its own share, then waits for all of
- * them, so every kernel call returns only when the whole result is written.
- * Waiting is a short spin on `Atomics.load` followed by `Atomics.wait`.
+ * A kernel call is cut into chunks, each an argument list for one call of a
+ * kernel export. The main thread writes the chunks into the control block
+ * and wakes the workers. Then every thread, the main thread included, claims
+ * chunks by incrementing a shared counter and runs them until none is left.
+ * Finally the main thread waits until every claimed chunk is done, so a
+ * kernel call returns only when its whole result is written. A worker that
+ * wakes late (a busy machine) finds fewer chunks or none to claim, so it
+ * delays the call by at most one chunk. Waiting is a short spin on
+ * `Atomics.load`, then `Atomics.wait`.
  *
  * The workers are `node:worker_threads` workers, not web `Worker`s, because
  * only the former can be `unref()`ed: in Deno 2.9.6 a live web `Worker`
@@ -38,31 +41,55 @@ export const KERNEL_NAMES = [
 /** Name of a kernel the pool can run. */
 export type KernelName = typeof KERNEL_NAMES[number];
 
-// Layout of one worker's slot in the control block, in bytes.
-/** Bytes per slot; a multiple of the cache line, so slots never share one. */
-export const SLOT_BYTES = 2048;
-/** Int32 fields at the start of each slot, as indices relative to the slot. */
+/**
+ * Position of the `scratch` argument of each kernel in KERNEL_NAMES, or -1.
+ * Each thread puts its own scratch block there, whichever chunk it runs.
+ */
+export const SCRATCH_ARGUMENT: readonly number[] = KERNEL_NAMES.map((name) => {
+  if (name === "sgemm") return 16;
+  if (name === "attentionForward") return 8;
+  if (name === "attentionBackward") return 9;
+  return -1;
+});
+
+/**
+ * Int32 fields of the control block, as indices. The three counters that
+ * threads contend for sit on separate 64-byte cache lines.
+ */
 export const FIELD = {
-  /** Sequence number of the latest job, incremented by the main thread. */
+  /** Sequence number of the latest call, incremented by the main thread to wake the workers. */
   sequence: 0,
-  /** Sequence number of the latest finished job, set by the worker. */
-  done: 1,
+  /** Index of the next chunk to claim. CLOSED between calls. */
+  next: 16,
+  /** Number of chunks finished in the current call. */
+  done: 32,
   /** Index into KERNEL_NAMES, or STOP. */
-  kernel: 2,
-  /** 0 after a job that returned, 1 after one that threw. */
-  failed: 3,
+  kernel: 48,
+  /** Number of chunks in the current call. */
+  chunks: 49,
+  /** 1 once a chunk on a worker has thrown; the first such worker writes the message. */
+  failed: 50,
   /** Byte length of the UTF-8 error message. */
-  messageLength: 4,
+  messageLength: 51,
 } as const;
-/** Kernel index that makes a worker leave its loop and exit. */
+/** Value of `next` between calls: above any chunk count, so late claims find nothing. */
+export const CLOSED = 1 << 30;
+/** Kernel index that makes the workers leave their loops and exit. */
 export const STOP = -1;
-/** Byte offset of the Float64 job arguments within a slot. */
-export const ARGS_OFFSET = 64;
 /** Most arguments of any kernel (sgemm has 17). */
 export const MAX_ARGS = 24;
-/** Byte offset and capacity of the error message within a slot. */
-export const MESSAGE_OFFSET = ARGS_OFFSET + MAX_ARGS * 8;
-export const MESSAGE_BYTES = SLOT_BYTES - MESSAGE_OFFSET;
+/** Most chunks of one call. */
+export const MAX_CHUNKS = 64;
+/** Byte offset of the chunk arguments, `MAX_CHUNKS × MAX_ARGS` float64s. */
+export const ARGS_OFFSET = 256;
+/** Most threads, the main thread included. */
+export const MAX_THREADS = 64;
+/** Byte offset of each thread's scratch address, `MAX_THREADS` float64s, index 0 for the main thread. */
+export const SCRATCH_OFFSET = ARGS_OFFSET + MAX_CHUNKS * MAX_ARGS * 8;
+/** Byte offset and capacity of the error message. */
+export const MESSAGE_OFFSET = SCRATCH_OFFSET + MAX_THREADS * 8;
+export const MESSAGE_BYTES = 1024;
+const CONTROL_BYTES = MESSAGE_OFFSET + MESSAGE_BYTES;
 /** Iterations of `Atomics.load` before a waiting thread blocks in `Atomics.wait`. */
 export const SPIN_LIMIT = 20000;
 
@@ -84,26 +111,57 @@ export interface WorkerSetup {
   module: WebAssembly.Module;
   memory: WebAssembly.Memory;
   control: SharedArrayBuffer;
-  /** Index of this worker's slot. */
-  slot: number;
+  /** Index of this thread in the scratch table, from 1 (0 is the main thread). */
+  thread: number;
+}
+
+/**
+ * Claims and runs chunks of the current call until none is left, on the
+ * workers and on the main thread alike. A chunk that throws is passed to
+ * `onError` before it counts as done, and the others still run.
+ */
+export function runChunks(
+  control: Int32Array,
+  args: Float64Array,
+  kernels: readonly ((...args: number[]) => void)[],
+  argv: number[],
+  scratch: number,
+  onError: (error: unknown) => void,
+): void {
+  for (;;) {
+    const chunk = Atomics.add(control, FIELD.next, 1);
+    // The count and kernel are read after the claim: a successful claim
+    // happens after the main thread wrote them for this call.
+    if (chunk >= Atomics.load(control, FIELD.chunks)) return;
+    const kernel = Atomics.load(control, FIELD.kernel);
+    const base = chunk * MAX_ARGS;
+    for (let i = 0; i < MAX_ARGS; i++) argv[i] = args[base + i];
+    if (SCRATCH_ARGUMENT[kernel] >= 0) argv[SCRATCH_ARGUMENT[kernel]] = scratch;
+    try {
+      kernels[kernel].apply(null, argv);
+    } catch (error) {
+      onError(error);
+    }
+    Atomics.add(control, FIELD.done, 1);
+    Atomics.notify(control, FIELD.done);
+  }
 }
 
 /** A fixed set of worker threads that run kernel exports on shared memory. */
 export class WorkerPool {
   readonly #workers: Worker[];
   readonly #control: Int32Array;
-  readonly #args: Float64Array[];
-  readonly #messages: Uint8Array[];
+  readonly #args: Float64Array;
+  readonly #message: Uint8Array;
+  readonly #scratch: Float64Array;
+  readonly #argv: number[] = new Array(MAX_ARGS).fill(0);
 
   private constructor(workers: Worker[], control: SharedArrayBuffer) {
     this.#workers = workers;
     this.#control = new Int32Array(control);
-    this.#args = workers.map((_, slot) =>
-      new Float64Array(control, slot * SLOT_BYTES + ARGS_OFFSET, MAX_ARGS)
-    );
-    this.#messages = workers.map((_, slot) =>
-      new Uint8Array(control, slot * SLOT_BYTES + MESSAGE_OFFSET, MESSAGE_BYTES)
-    );
+    this.#args = new Float64Array(control, ARGS_OFFSET, MAX_CHUNKS * MAX_ARGS);
+    this.#message = new Uint8Array(control, MESSAGE_OFFSET, MESSAGE_BYTES);
+    this.#scratch = new Float64Array(control, SCRATCH_OFFSET, MAX_THREADS);
   }
 
   /** Starts `count` workers on `memory` and resolves once each has instantiated the module. */
@@ -112,14 +170,16 @@ export class WorkerPool {
     module: WebAssembly.Module,
     memory: WebAssembly.Memory,
   ): Promise<WorkerPool> {
-    const control = new SharedArrayBuffer(Math.max(1, count) * SLOT_BYTES);
+    if (count + 1 > MAX_THREADS) {
+      throw new RangeError(`${count + 1} threads requested; at most ${MAX_THREADS} are supported`);
+    }
+    const control = new SharedArrayBuffer(CONTROL_BYTES);
+    Atomics.store(new Int32Array(control), FIELD.next, CLOSED);
     const workers: Worker[] = [];
     const ready: Promise<void>[] = [];
-    for (let slot = 0; slot < count; slot++) {
-      const setup: WorkerSetup = { module, memory, control, slot };
-      const worker = new Worker(WORKER_URL, {
-        workerData: setup,
-      });
+    for (let thread = 1; thread <= count; thread++) {
+      const setup: WorkerSetup = { module, memory, control, thread };
+      const worker = new Worker(WORKER_URL, { workerData: setup });
       workers.push(worker);
       ready.push(
         new Promise<void>((resolve, reject) => {
@@ -144,55 +204,67 @@ export class WorkerPool {
     return this.#workers.length;
   }
 
-  /** Posts a job to worker `slot`. Every posted job must be collected with `waitAll`. */
-  post(slot: number, kernel: number, args: ArrayLike<number>): void {
-    if (args.length > MAX_ARGS) {
-      throw new RangeError(`a job has ${args.length} arguments; at most ${MAX_ARGS} fit a slot`);
-    }
-    const base = slot * (SLOT_BYTES / 4);
-    const argv = this.#args[slot];
-    for (let i = 0; i < args.length; i++) argv[i] = args[i];
-    for (let i = args.length; i < MAX_ARGS; i++) argv[i] = 0;
-    this.#control[base + FIELD.kernel] = kernel;
-    Atomics.add(this.#control, base + FIELD.sequence, 1);
-    Atomics.notify(this.#control, base + FIELD.sequence);
+  /** Sets the scratch block of thread `thread` (0 for the main thread) for later calls. */
+  setScratch(thread: number, address: number): void {
+    this.#scratch[thread] = address;
   }
 
   /**
-   * Waits until the workers `[0, count)` have finished their latest jobs.
-   * Throws after all have finished if any job threw.
+   * Runs `kernels[kernel]` once per argument list in `chunks`, on the workers
+   * and on this thread, and returns when all are done. Throws the first error
+   * of any chunk after all are done.
    */
-  waitAll(count: number): void {
-    const control = this.#control;
-    let failure: string | undefined;
-    for (let slot = 0; slot < count; slot++) {
-      const base = slot * (SLOT_BYTES / 4);
-      const sequence = Atomics.load(control, base + FIELD.sequence);
-      let spins = 0;
-      for (;;) {
-        const done = Atomics.load(control, base + FIELD.done);
-        if (done === sequence) break;
-        if (++spins < SPIN_LIMIT) continue;
-        Atomics.wait(control, base + FIELD.done, done);
-      }
-      if (control[base + FIELD.failed] !== 0 && failure === undefined) {
-        const length = control[base + FIELD.messageLength];
-        const message = new TextDecoder().decode(this.#messages[slot].slice(0, length));
-        const kernel = KERNEL_NAMES[control[base + FIELD.kernel]] ?? "unknown kernel";
-        failure = `worker thread ${slot + 1} failed in ${kernel}: ${message}`;
-      }
+  run(
+    kernel: number,
+    chunks: readonly number[][],
+    kernels: readonly ((...args: number[]) => void)[],
+  ): void {
+    if (chunks.length > MAX_CHUNKS) {
+      throw new RangeError(`a call has ${chunks.length} chunks; at most ${MAX_CHUNKS} fit`);
     }
-    if (failure !== undefined) throw new Error(failure);
+    const control = this.#control;
+    for (let c = 0; c < chunks.length; c++) {
+      const chunk = chunks[c];
+      if (chunk.length > MAX_ARGS) {
+        throw new RangeError(`a chunk has ${chunk.length} arguments; at most ${MAX_ARGS} fit`);
+      }
+      const base = c * MAX_ARGS;
+      for (let i = 0; i < MAX_ARGS; i++) this.#args[base + i] = i < chunk.length ? chunk[i] : 0;
+    }
+    Atomics.store(control, FIELD.kernel, kernel);
+    Atomics.store(control, FIELD.chunks, chunks.length);
+    Atomics.store(control, FIELD.failed, 0);
+    Atomics.store(control, FIELD.done, 0);
+    Atomics.store(control, FIELD.next, 0);
+    Atomics.add(control, FIELD.sequence, 1);
+    Atomics.notify(control, FIELD.sequence);
+
+    let failure: unknown;
+    const scratch = this.#scratch[0];
+    runChunks(control, this.#args, kernels, this.#argv, scratch, (error) => failure ??= error);
+
+    let spins = 0;
+    for (;;) {
+      const done = Atomics.load(control, FIELD.done);
+      if (done === chunks.length) break;
+      if (++spins < SPIN_LIMIT) continue;
+      Atomics.wait(control, FIELD.done, done);
+    }
+    Atomics.store(control, FIELD.next, CLOSED);
+
+    if (failure !== undefined) throw failure;
+    if (Atomics.load(control, FIELD.failed) !== 0) {
+      const length = Atomics.load(control, FIELD.messageLength);
+      const message = new TextDecoder().decode(this.#message.slice(0, length));
+      throw new Error(`a worker thread failed in ${KERNEL_NAMES[kernel]}: ${message}`);
+    }
   }
 
   /** Stops every worker and resolves when all have exited. The pool is unusable afterwards. */
   async close(): Promise<void> {
-    for (let slot = 0; slot < this.#workers.length; slot++) {
-      const base = slot * (SLOT_BYTES / 4);
-      this.#control[base + FIELD.kernel] = STOP;
-      Atomics.add(this.#control, base + FIELD.sequence, 1);
-      Atomics.notify(this.#control, base + FIELD.sequence);
-    }
+    Atomics.store(this.#control, FIELD.kernel, STOP);
+    Atomics.add(this.#control, FIELD.sequence, 1);
+    Atomics.notify(this.#control, FIELD.sequence);
     const workers = this.#workers.splice(0);
     await Promise.all(workers.map((worker) => worker.terminate()));
   }
