@@ -7,12 +7,16 @@
  * Each figure is the median of several samples; a sample repeats the product
  * for at least SAMPLE_MS milliseconds after one warm-up sample.
  *
- * Usage: deno run --allow-read --allow-env bin/bench_gemm.ts [--runs N] [--no-js]
+ * Usage: deno run --allow-read --allow-env bin/bench_gemm.ts [--runs N] [--no-js] [--blas]
+ *
+ * `--blas` adds a column for OpenBLAS on one thread (`lib/blas.ts`), which
+ * needs `--allow-ffi` and the library installed.
  *
  * @module
  */
 
 import { type Backend, jsBackend, type MatmulOptions } from "../lib/backend.ts";
+import { type BlasBackend, createBlasBackend } from "../lib/blas.ts";
 import { createWasmBackend, type WasmBackend } from "../lib/wasm.ts";
 
 const SAMPLE_MS = 100;
@@ -88,9 +92,10 @@ function measure(backend: Backend, options: MatmulOptions, runs: number): number
   return median(rates);
 }
 
-function parseArgs(args: string[]): { runs: number; js: boolean } {
+function parseArgs(args: string[]): { runs: number; js: boolean; blas: boolean } {
   let runs = 5;
   let js = true;
+  let blas = false;
   for (let i = 0; i < args.length; i++) {
     if (args[i] === "--runs") {
       runs = Number(args[++i]);
@@ -99,22 +104,28 @@ function parseArgs(args: string[]): { runs: number; js: boolean } {
       }
     } else if (args[i] === "--no-js") {
       js = false;
+    } else if (args[i] === "--blas") {
+      blas = true;
     } else {
-      throw new Error(`unknown argument ${args[i]}; usage: bench_gemm.ts [--runs N] [--no-js]`);
+      throw new Error(
+        `unknown argument ${args[i]}; usage: bench_gemm.ts [--runs N] [--no-js] [--blas]`,
+      );
     }
   }
-  return { runs, js };
+  return { runs, js, blas };
 }
 
 async function main(): Promise<void> {
-  const { runs, js } = parseArgs(Deno.args);
+  const { runs, js, blas } = parseArgs(Deno.args);
   const wasm1 = await createWasmBackend({ threads: 1 });
   const wasm2 = await createWasmBackend({ threads: 2 });
+  const openblas: BlasBackend | undefined = blas ? createBlasBackend({ threads: 1 }) : undefined;
   const columns: [string, Backend | undefined][] = [
     ["js", js ? jsBackend : undefined],
     ["wasm×1", wasm1],
     ["wasm×2", wasm2],
   ];
+  if (openblas !== undefined) columns.push(["blas×1", openblas]);
 
   console.log(
     `GEMM GFLOP/s, median of ${runs} samples of ≥ ${SAMPLE_MS} ms; Deno ${Deno.version.deno}, ` +
@@ -133,6 +144,7 @@ async function main(): Promise<void> {
   }
 
   await Promise.all([wasm1, wasm2].map((backend: WasmBackend) => backend.close()));
+  openblas?.close();
 }
 
 if (import.meta.main) {

@@ -8,6 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { NO_ADAPTER_MESSAGE } from "../gpu/device.ts";
 import { CheckpointError } from "../lib/checkpoint.ts";
 import {
   DEFAULTS,
@@ -370,7 +371,7 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
 
   try {
     setBackend(await selectBackend(command.backend, command.threads));
-    const result = await train(command.options);
+    const result = await train(command.options, undefined, { webgpu: command.webgpu });
     if (result.stoppedBy === "nonfinite") return 1;
     console.log(
       `done: step ${result.step}, validation loss ${result.firstValLoss.toFixed(4)} -> ${
@@ -381,7 +382,8 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
   } catch (error) {
     if (
       error instanceof TrainError || error instanceof CheckpointError ||
-      error instanceof Deno.errors.NotFound
+      error instanceof Deno.errors.NotFound ||
+      (error instanceof Error && error.message.startsWith(NO_ADAPTER_MESSAGE))
     ) {
       console.error(`train: ${error.message}`);
       return 1;

@@ -2,10 +2,10 @@
  * Opens a WebGPU device for the GPU training path.
  *
  * Deno ships WebGPU (wgpu underneath) as `navigator.gpu`. On a machine
- * without a GPU, Mesa's llvmpipe Vulkan driver still gives a software
- * adapter, which is slow but computes the same results, so the tests run
- * everywhere that driver is installed. There is no silent fallback to the
- * CPU: without an adapter `requestGpu` throws.
+ * without a GPU, Mesa's llvmpipe still gives a software adapter, through
+ * OpenGL ES (EGL) or through Vulkan (lavapipe). It is slow but computes the
+ * same results, so the tests run everywhere Mesa is installed. There is no
+ * silent fallback to the CPU: without an adapter `requestGpu` throws.
  *
  * @example
  * ```ts
@@ -20,6 +20,7 @@
 
 /** An open WebGPU device and a readable name of the adapter behind it. */
 export interface Gpu {
+  /** The open device; its owner destroys it. */
   device: GPUDevice;
   /** Adapter description such as "llvmpipe (LLVM 15.0.6, 256 bits)" or the GPU's model name. */
   adapterName: string;
@@ -62,7 +63,8 @@ export async function requestGpu(): Promise<Gpu> {
   if (adapter === null) {
     throw new Error(
       `${NO_ADAPTER_MESSAGE}: install a GPU driver with Vulkan, Metal or Direct3D 12 support, ` +
-        "or Mesa's software Vulkan driver (Debian and Ubuntu package mesa-vulkan-drivers)",
+        "or Mesa's software renderer llvmpipe (Debian and Ubuntu packages libegl-mesa0 and " +
+        "libgl1-mesa-dri, or mesa-vulkan-drivers)",
     );
   }
 

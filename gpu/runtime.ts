@@ -22,8 +22,11 @@ export const VIEW_ALIGNMENT = 64;
 
 /** A range of 4-byte elements inside a GPU buffer. `offset` and `length` count elements, not bytes. */
 export interface GpuView {
+  /** The buffer the range lies in. */
   buffer: GPUBuffer;
+  /** First element of the range. */
   offset: number;
+  /** Number of elements in the range. */
   length: number;
 }
 
@@ -58,7 +61,7 @@ export function slice(view: GpuView, start: number, length: number): GpuView {
   return { buffer: view.buffer, offset: view.offset + start, length };
 }
 
-/** Returns the WebGPU binding of a view; WebGPU rejects an offset that is not 256-byte aligned. */
+/** Returns the WebGPU binding of a view. WebGPU rejects an offset that is not 256-byte aligned. */
 function bindingOf(view: GpuView): GPUBufferBinding {
   return {
     buffer: view.buffer,
@@ -73,13 +76,15 @@ function bindingOf(view: GpuView): GPUBufferBinding {
 
 /**
  * GPU buffers by name, each created on first request and reused afterwards.
- * A trainer asks for all of its buffers while it lays out a model shape, so a
+ * A trainer requests all of its buffers while it lays out a model shape, so a
  * training step allocates nothing.
  */
 export class BufferPool {
+  /** The device the buffers are created on. */
   readonly device: GPUDevice;
   readonly #buffers = new Map<string, GPUBuffer>();
 
+  /** Creates an empty pool on `device`. */
   constructor(device: GPUDevice) {
     this.device = device;
   }
@@ -108,7 +113,7 @@ export class BufferPool {
       this.#buffers.set(name, buffer);
     } else if (length * ELEMENT_BYTES > buffer.size) {
       throw new RangeError(
-        `buffer "${name}" holds ${buffer.size / ELEMENT_BYTES} elements, ${length} requested`,
+        `buffer "${name}" contains ${buffer.size / ELEMENT_BYTES} elements, ${length} requested`,
       );
     }
     return { buffer, offset: 0, length };
@@ -133,7 +138,7 @@ export class BufferPool {
 
 /**
  * Packs the values of a WGSL uniform struct whose members are all 4-byte
- * scalars (`u32`, `i32`, `f32`), in declaration order. The size is padded to
+ * scalars (`u32` or `f32`), in declaration order. The size is padded to
  * 16 bytes, as the uniform address space requires.
  */
 export class UniformWriter {
@@ -190,10 +195,12 @@ export type Binding = GpuView | GPUBuffer;
  * visible to the next, so a plan needs no explicit barriers.
  */
 export class Plan {
+  /** The device the plan's dispatches run on. */
   readonly device: GPUDevice;
   readonly #commands: PlanCommand[] = [];
   readonly #uniforms: GPUBuffer[] = [];
 
+  /** Creates an empty plan on `device`. */
   constructor(device: GPUDevice) {
     this.device = device;
   }
@@ -294,11 +301,11 @@ export class Plan {
 
 /**
  * Runs `fn` inside WebGPU validation and out-of-memory error scopes and
- * throws the first error either scope caught, prefixed with `what`.
+ * throws the first error either scope caught, prefixed with `operation`.
  */
 export async function checkErrors<T>(
   device: GPUDevice,
-  what: string,
+  operation: string,
   fn: () => T | Promise<T>,
 ): Promise<T> {
   device.pushErrorScope("out-of-memory");
@@ -315,7 +322,7 @@ export async function checkErrors<T>(
   const validation = await device.popErrorScope();
   const memory = await device.popErrorScope();
   const gpuError = validation ?? memory;
-  if (gpuError !== null) throw new Error(`${what} failed on the GPU: ${gpuError.message}`);
+  if (gpuError !== null) throw new Error(`${operation} failed on the GPU: ${gpuError.message}`);
   if (!outcome.ok) throw outcome.error;
   return outcome.value;
 }

@@ -38,6 +38,15 @@
  */
 
 import type { OptimizerConfig, OptimizerState, ScheduleConfig } from "../lib/optim.ts";
+// Re-exported so that the documentation of this module is complete.
+export type {
+  GroupConfig,
+  OptimizerConfig,
+  OptimizerState,
+  OptimizerType,
+  ScheduleConfig,
+  ScheduleType,
+} from "../lib/optim.ts";
 import type { Gpu } from "./device.ts";
 import {
   ADAM_STEP_BYTES,
@@ -63,15 +72,20 @@ import {
 /** LayerNorm epsilon of GPT-2. */
 const LN_EPS = 1e-5;
 
-/** Recorded plans kept per trainer; sampling with a growing context records one per length. */
+/** Recorded plans kept per trainer. Sampling with a growing context records one per length. */
 const MAX_CACHED_PLANS = 16;
 
 /** The model's shape, the same fields as `GPTConfig` in lib/gpt.ts. */
 export interface GpuModelConfig {
+  /** V: number of distinct tokens. */
   vocabSize: number;
+  /** Maximum sequence length T, the rows of `wpe.weight`. */
   contextLength: number;
+  /** C: width of the residual stream. */
   dModel: number;
+  /** Number of transformer blocks. */
   layers: number;
+  /** H: attention heads per block, which must divide `dModel`. */
   heads: number;
 }
 
@@ -99,7 +113,7 @@ export interface GpuTrainerOptions {
   decay?: (name: string) => boolean;
 }
 
-/** What one training step returns. */
+/** Loss and gradient norm of one training step. */
 export interface StepResult {
   /** Mean cross-entropy of the batch, before the update. */
   loss: number;
@@ -164,7 +178,7 @@ export function gptParameterShapes(config: GpuModelConfig): [string, number[]][]
   return shapes;
 }
 
-/** The default weight-decay rule: two or more dimensions, and not an embedding table. */
+/** Returns the default weight-decay rule: two or more dimensions, and not an embedding table. */
 function defaultDecay(shapes: Map<string, number[]>): (name: string) => boolean {
   return (name) => {
     const embedding = ["wte.weight", "wpe.weight"].some((suffix) =>
@@ -175,19 +189,23 @@ function defaultDecay(shapes: Map<string, number[]>): (name: string) => boolean 
 }
 
 /** Throws unless every field of `values` is a positive integer. */
-function requirePositiveIntegers(what: string, values: Record<string, number>): void {
+function requirePositiveIntegers(context: string, values: Record<string, number>): void {
   for (const [name, value] of Object.entries(values)) {
     if (!Number.isInteger(value) || value <= 0) {
-      throw new RangeError(`${what}: ${name} must be a positive integer, got ${value}`);
+      throw new RangeError(`${context}: ${name} must be a positive integer, got ${value}`);
     }
   }
 }
 
 /** A GPT training loop on one WebGPU device. */
 export class GpuTrainer {
+  /** The model's shape. */
   readonly config: GpuModelConfig;
+  /** Name of the adapter the trainer runs on. */
   readonly adapterName: string;
+  /** The device that contains every buffer of the trainer. */
   readonly device: GPUDevice;
+  /** The compiled kernels the trainer records its plans from. */
   readonly kernels: Kernels;
 
   readonly #options: Required<Omit<GpuTrainerOptions, "decay" | "clipGrad">> & {
@@ -266,72 +284,79 @@ export class GpuTrainer {
     const pool = new BufferPool(this.device);
     this.#pool = pool;
 
-    // Parameters: every tensor starts on a 256-byte boundary so that it can
-    // be bound on its own.
-    const shapes = gptParameterShapes(config);
-    const decay = options.decay ?? defaultDecay(new Map(shapes));
-    let offset = 0;
-    this.#slots = shapes.map(([name, shape]) => {
-      const length = shape.reduce((a, b) => a * b, 1);
-      const slot = { name, shape, offset, length, decay: decay(name) };
-      offset = alignUp(offset + length, VIEW_ALIGNMENT);
-      return slot;
-    });
-    this.#slotByName = new Map(this.#slots.map((slot) => [slot.name, slot]));
-    this.#params = pool.view("params", offset);
-    this.#grads = pool.view("grads", offset);
-    this.#m = pool.view("exp_avg", offset);
-    this.#v = pool.view("exp_avg_sq", offset);
+    // A shape too large for the adapter throws part way through the layout,
+    // so the buffers created until then are freed before rethrowing.
+    try {
+      // Parameters: every tensor starts on a 256-byte boundary so that it can
+      // be bound on its own.
+      const shapes = gptParameterShapes(config);
+      const decay = options.decay ?? defaultDecay(new Map(shapes));
+      let offset = 0;
+      this.#slots = shapes.map(([name, shape]) => {
+        const length = shape.reduce((a, b) => a * b, 1);
+        const slot = { name, shape, offset, length, decay: decay(name) };
+        offset = alignUp(offset + length, VIEW_ALIGNMENT);
+        return slot;
+      });
+      this.#slotByName = new Map(this.#slots.map((slot) => [slot.name, slot]));
+      this.#params = pool.view("params", offset);
+      this.#grads = pool.view("grads", offset);
+      this.#m = pool.view("exp_avg", offset);
+      this.#v = pool.view("exp_avg_sq", offset);
 
-    this.#tokens = pool.view("tokens", N);
-    this.#targets = pool.view("targets", N);
-    this.#tokenIndexHost = new Uint32Array(V + 1 + N);
-    this.#tokenIndex = pool.view("tokenIndex", V + 1 + N);
+      this.#tokens = pool.view("tokens", N);
+      this.#targets = pool.view("targets", N);
+      this.#tokenIndexHost = new Uint32Array(V + 1 + N);
+      this.#tokenIndex = pool.view("tokenIndex", V + 1 + N);
 
-    this.#encoded = pool.view("encoded", N * C);
-    this.#blocks = Array.from({ length: config.layers }, (_, l) => {
-      const view = (name: string, length: number) => pool.view(`h.${l}.${name}`, length);
-      return {
-        ln1: view("ln1", N * C),
-        ln1Mean: view("ln1Mean", N),
-        ln1Rstd: view("ln1Rstd", N),
-        qkv: view("qkv", N * 3 * C),
-        probs: view("probs", B * H * T * T),
-        atty: view("atty", N * C),
-        res1: view("res1", N * C),
-        ln2: view("ln2", N * C),
-        ln2Mean: view("ln2Mean", N),
-        ln2Rstd: view("ln2Rstd", N),
-        fc: view("fc", N * 4 * C),
-        gelu: view("gelu", N * 4 * C),
-        res2: view("res2", N * C),
-      };
-    });
-    this.#proj = pool.view("proj", N * C);
-    this.#lnf = pool.view("lnf", N * C);
-    this.#lnfMean = pool.view("lnfMean", N);
-    this.#lnfRstd = pool.view("lnfRstd", N);
-    this.#logits = pool.view("logits", N * V);
-    this.#losses = pool.view("losses", N);
+      this.#encoded = pool.view("encoded", N * C);
+      this.#blocks = Array.from({ length: config.layers }, (_, l) => {
+        const view = (name: string, length: number) => pool.view(`h.${l}.${name}`, length);
+        return {
+          ln1: view("ln1", N * C),
+          ln1Mean: view("ln1Mean", N),
+          ln1Rstd: view("ln1Rstd", N),
+          qkv: view("qkv", N * 3 * C),
+          probs: view("probs", B * H * T * T),
+          atty: view("atty", N * C),
+          res1: view("res1", N * C),
+          ln2: view("ln2", N * C),
+          ln2Mean: view("ln2Mean", N),
+          ln2Rstd: view("ln2Rstd", N),
+          fc: view("fc", N * 4 * C),
+          gelu: view("gelu", N * 4 * C),
+          res2: view("res2", N * C),
+        };
+      });
+      this.#proj = pool.view("proj", N * C);
+      this.#lnf = pool.view("lnf", N * C);
+      this.#lnfMean = pool.view("lnfMean", N);
+      this.#lnfRstd = pool.view("lnfRstd", N);
+      this.#logits = pool.view("logits", N * V);
+      this.#losses = pool.view("losses", N);
 
-    this.#dres = pool.view("dres", N * C);
-    this.#dln = pool.view("dln", N * C);
-    this.#datty = pool.view("datty", N * C);
-    this.#dqkv = pool.view("dqkv", N * 3 * C);
-    this.#dprobs = pool.view("dprobs", B * H * T * T);
-    this.#dfc = pool.view("dfc", N * 4 * C);
+      this.#dres = pool.view("dres", N * C);
+      this.#dln = pool.view("dln", N * C);
+      this.#datty = pool.view("datty", N * C);
+      this.#dqkv = pool.view("dqkv", N * 3 * C);
+      this.#dprobs = pool.view("dprobs", B * H * T * T);
+      this.#dfc = pool.view("dfc", N * 4 * C);
 
-    // The gradient norm reads the packed gradients in chunks no larger than
-    // one storage binding may be.
-    const maxChunk =
-      Math.floor(this.device.limits.maxStorageBufferBindingSize / 4 / VIEW_ALIGNMENT) *
-      VIEW_ALIGNMENT;
-    this.#normChunks = [];
-    for (let start = 0; start < offset; start += maxChunk) {
-      this.#normChunks.push(slice(this.#grads, start, Math.min(maxChunk, offset - start)));
+      // The gradient norm reads the packed gradients in chunks no larger than
+      // one storage binding may be.
+      const maxChunk =
+        Math.floor(this.device.limits.maxStorageBufferBindingSize / 4 / VIEW_ALIGNMENT) *
+        VIEW_ALIGNMENT;
+      this.#normChunks = [];
+      for (let start = 0; start < offset; start += maxChunk) {
+        this.#normChunks.push(slice(this.#grads, start, Math.min(maxChunk, offset - start)));
+      }
+      this.#partials = pool.view("normPartials", this.#normChunks.length * NORM_PARTIALS);
+      this.#stats = pool.view("stats", STATS_LENGTH);
+    } catch (error) {
+      pool.destroy();
+      throw error;
     }
-    this.#partials = pool.view("normPartials", this.#normChunks.length * NORM_PARTIALS);
-    this.#stats = pool.view("stats", STATS_LENGTH);
     this.#adamStep = this.device.createBuffer({
       label: "adamStep",
       size: ADAM_STEP_BYTES,
@@ -503,7 +528,7 @@ export class GpuTrainer {
 
   /**
    * Restores the moments and the step count from an AdamW state, such as
-   * one that `AdamW.stateDict()` or `readOptimizerState` returned; a
+   * one that `AdamW.stateDict()` or `readOptimizerState` returned. A
    * schedule's state is unwrapped to its optimizer's. The hyperparameters
    * stay those of this trainer's options, and the learning rate is the one
    * passed to each `step`.
@@ -586,7 +611,7 @@ export class GpuTrainer {
     }
     for (const name of weights.keys()) {
       if (!this.#slotByName.has(name)) {
-        throw new Error(`weights contain "${name}", which is no parameter of this GPT`);
+        throw new Error(`unknown weight "${name}": this GPT config has no such parameter`);
       }
     }
     upload(this.device, this.#params, packed);
@@ -608,11 +633,11 @@ export class GpuTrainer {
     return T;
   }
 
-  #checkTokens(tokens: Int32Array, what: string): void {
+  #checkTokens(tokens: Int32Array, role: "input" | "target"): void {
     const V = this.config.vocabSize;
     for (let i = 0; i < tokens.length; i++) {
       if (!(tokens[i] >= 0 && tokens[i] < V)) {
-        throw new RangeError(`${what} token id ${tokens[i]} at position ${i} is outside [0, ${V})`);
+        throw new RangeError(`${role} token id ${tokens[i]} at position ${i} is outside [0, ${V})`);
       }
     }
   }
@@ -632,7 +657,7 @@ export class GpuTrainer {
     }
   }
 
-  /** Runs `fn` unless another call of this trainer is still running; mapping one staging buffer twice would fail. */
+  /** Runs `fn` unless another call of this trainer is still running, because mapping one staging buffer twice fails. */
   async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#busy) {
       throw new Error("GpuTrainer calls must not overlap; await each call before the next");
@@ -929,7 +954,7 @@ export class GpuTrainer {
       C,
     );
 
-    // dres is the gradient of the residual stream; each block's backward
+    // dres is the gradient of the residual stream. Each block's backward
     // pass turns it from that of the block's output into that of its input.
     for (let l = this.#blocks.length - 1; l >= 0; l--) {
       const h = `h.${l}`;

@@ -10,6 +10,8 @@
 
 import { type Backend, jsBackend, type MatmulOptions } from "./backend.ts";
 
+export type { AdamWStep, AttentionShape, Backend, MatmulOptions } from "./backend.ts";
+
 /** Options of `createBlasBackend`. */
 export interface BlasBackendOptions {
   /** Path or file name of the shared library to load first, before the usual OpenBLAS names. */

@@ -37,7 +37,9 @@ import {
   SGDMomentum,
 } from "./optim.ts";
 import { Random } from "./random.ts";
-import { getBackend } from "./tensor.ts";
+import { getBackend, type Tensor } from "./tensor.ts";
+import { requestGpu } from "../gpu/device.ts";
+import { GpuTrainer } from "../gpu/trainer.ts";
 
 /** Optimizers the trainer can build. */
 export const OPTIMIZERS = ["adamw", "adam", "sgd", "momentum", "rmsprop"] as const;
@@ -166,6 +168,12 @@ export interface TrainIO {
   progress(line: string): void;
   /** True when `progress` can redraw one line in place. */
   live: boolean;
+}
+
+/** Choices that change where a run computes, never what it computes; not saved with the run. */
+export interface TrainRuntime {
+  /** Run the whole training step on the GPU through WebGPU. */
+  webgpu?: boolean;
 }
 
 /** An error in the user's input (corpus, checkpoint, options): reported as one line, never a stack trace. */
@@ -431,6 +439,7 @@ function watchSignals(io: TrainIO): { stop: { requested: string | null }; dispos
 export async function train(
   request: Partial<TrainOptions>,
   io: TrainIO = consoleIO(),
+  runtime: TrainRuntime = {},
 ): Promise<TrainResult> {
   // 1. Resume state, if any: the checkpoint fixes the model, tokenizer and run folder.
   let resumed: Awaited<ReturnType<typeof loadCheckpoint>> | null = null;
@@ -576,7 +585,61 @@ export async function train(
   const inputs = new Int32Array(B * T);
   const targets = new Int32Array(B * T);
 
-  const evaluate = (): number => {
+  // On the GPU the weights and moments live in GPU buffers for the whole run;
+  // they come back to `model` and `optimizer` only for checkpoints and samples.
+  let gpuTrainer: GpuTrainer | null = null;
+  let gpuDevice: GPUDevice | null = null;
+  if (runtime.webgpu) {
+    if (options.optimizer !== "adamw" || options.dropout !== 0) {
+      throw new TrainError(
+        "--webgpu trains with AdamW and no dropout; drop --optimizer and --dropout",
+      );
+    }
+    const gpu = await requestGpu();
+    gpuDevice = gpu.device;
+    io.log(`WebGPU adapter: ${gpu.adapterName}`);
+    gpuTrainer = await GpuTrainer.create(
+      gpu,
+      config,
+      new Map([...namedParameters(model)].map(([n, p]) => [n, p.data])),
+      {
+        batchSize: B,
+        lr: options.lr,
+        weightDecay: options.weightDecay,
+        clipGrad: options.clipGrad,
+      },
+    );
+    gpuTrainer.writeOptimizerState(optimizer.stateDict());
+  }
+
+  /** Copies the GPU's weights and AdamW moments back into `model` and `optimizer`. */
+  const syncFromGpu = async (): Promise<void> => {
+    if (gpuTrainer === null) return;
+    for (const [name, values] of await gpuTrainer.readWeights()) {
+      namedParameters(model).get(name)!.data.set(values);
+    }
+    const gpuState = await gpuTrainer.readOptimizerState();
+    const state = optimizer.stateDict();
+    if ("optimizer" in state.config) {
+      // A schedule wraps the AdamW state; its step count is the run's step.
+      optimizer.loadStateDict({
+        config: { ...state.config, step, optimizer: gpuState.config },
+        buffers: gpuState.buffers,
+      });
+    } else {
+      optimizer.loadStateDict(gpuState);
+    }
+  };
+
+  /** The learning rate of the step about to run, from the schedule's pure function of the step. */
+  const rateNow = (): number => {
+    if (optimizer instanceof CosineWithWarmup || optimizer instanceof LinearWarmup) {
+      return optimizer.rateAt(step);
+    }
+    return optimizer.lr;
+  };
+
+  const evaluate = async (): Promise<number> => {
     // The same batches every time, from their own generator, so evaluation never shifts the training sequence.
     const random = new Random(options.seed ^ 0x7a1d);
     const x = new Int32Array(B * T);
@@ -584,12 +647,13 @@ export async function train(
     let total = 0;
     for (let i = 0; i < options.evalBatches; i++) {
       sampleBatch(data.val, B, T, random, x, y);
-      total += model.evaluate(x, y, B, T);
+      total += gpuTrainer === null ? model.evaluate(x, y, B, T) : await gpuTrainer.evaluate(x, y);
     }
     return total / options.evalBatches;
   };
 
-  const sampleText = (): string => {
+  const sampleText = async (): Promise<string> => {
+    await syncFromGpu();
     const prompt = tokenizer.encode("The");
     const ids = generate(model, prompt, {
       maxTokens: 64,
@@ -601,6 +665,7 @@ export async function train(
 
   let lastCheckpoint: string | null = null;
   const save = async (): Promise<string> => {
+    await syncFromGpu();
     const tensors = new Map<string, StoredTensor>();
     for (const [name, p] of namedParameters(model)) {
       tensors.set(name, { shape: [...p.shape], data: p.data });
@@ -646,16 +711,25 @@ export async function train(
   let stepSeconds = 0;
 
   try {
-    firstValLoss = lastValLoss = evaluate();
+    firstValLoss = lastValLoss = await evaluate();
     io.log(`step ${step}: validation loss ${firstValLoss.toFixed(4)}`);
 
     while (step < options.steps) {
       const t0 = performance.now();
       sampleBatch(data.train, B, T, batchRandom, inputs, targets);
-      const { loss } = model.forward(inputs, B, T, targets);
-      const lossValue = loss!.item();
+      let lossValue: number;
+      let gradNorm: number;
+      const lr = rateNow();
+      let loss: Tensor | null = null;
+      if (gpuTrainer !== null) {
+        ({ loss: lossValue, gradNorm } = await gpuTrainer.step(inputs, targets, lr));
+      } else {
+        loss = model.forward(inputs, B, T, targets).loss!;
+        lossValue = loss.item();
+        gradNorm = 0;
+      }
       if (!Number.isFinite(lossValue)) {
-        loss!.release();
+        loss?.release();
         stoppedBy = "nonfinite";
         io.log(
           `stopped: the training loss became ${lossValue} at step ${step + 1}; ` +
@@ -665,9 +739,11 @@ export async function train(
         );
         break;
       }
-      loss!.backward();
-      loss!.release();
-      const gradNorm = optimizer.clipGradNorm(options.clipGrad ?? Infinity);
+      if (loss !== null) {
+        loss.backward();
+        loss.release();
+        gradNorm = optimizer.clipGradNorm(options.clipGrad ?? Infinity);
+      }
       if (!Number.isFinite(gradNorm)) {
         stoppedBy = "nonfinite";
         io.log(
@@ -679,9 +755,10 @@ export async function train(
         );
         break;
       }
-      const lr = optimizer.lr;
-      optimizer.step();
-      optimizer.zeroGrad();
+      if (loss !== null) {
+        optimizer.step();
+        optimizer.zeroGrad();
+      }
       step++;
       stepsThisRun++;
       const seconds = (performance.now() - t0) / 1000;
@@ -698,7 +775,7 @@ export async function train(
       monitor.addTrain(lossValue);
 
       if (step % options.evalEvery === 0 || step === options.steps) {
-        lastValLoss = record.valLoss = evaluate();
+        lastValLoss = record.valLoss = await evaluate();
         const verdict = monitor.addValidation(lastValLoss);
         const gap = monitor.gapPercent();
         io.log(
@@ -740,7 +817,7 @@ export async function train(
       await metricsFile.write(new TextEncoder().encode(JSON.stringify(record) + "\n"));
 
       if (options.genEvery > 0 && step % options.genEvery === 0) {
-        sample = sampleText();
+        sample = await sampleText();
         io.log(`sample at step ${step}:\n${sample}\n`);
       }
       if (stoppedBy === "divergence") {
@@ -760,13 +837,15 @@ export async function train(
     if (stoppedBy === "done") {
       io.log(`checkpoint saved: ${await save()}`);
       if (options.genEvery === 0 || step % options.genEvery !== 0) {
-        sample = sampleText();
+        sample = await sampleText();
         io.log(`sample at step ${step}:\n${sample}\n`);
       }
     }
   } finally {
     dispose();
     metricsFile.close();
+    gpuTrainer?.destroy();
+    gpuDevice?.destroy();
   }
 
   return {

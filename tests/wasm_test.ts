@@ -1,8 +1,9 @@
 /**
- * The `wasm` backend against the `js` reference, kernel by kernel, on seeded
- * random inputs: every transpose combination and shapes that are no multiple
- * of any tile size, one and two threads, the relaxed and the plain SIMD
- * builds, and arrays both inside and outside the backend's memory.
+ * Tests the `wasm` backend against the `js` reference, kernel by kernel, on
+ * seeded random inputs. The cases cover every transpose combination, shapes
+ * that are no multiple of any tile size, one and two threads, the relaxed
+ * and the plain SIMD builds, and arrays inside and outside the backend's
+ * memory.
  *
  * Tolerances: a matmul element may differ from the reference by
  * 1e-5 · √(k + 1) · (Σ_l |a_il| |b_lj| + |c_ij| before the call), which
@@ -23,6 +24,8 @@ import {
 } from "../lib/backend.ts";
 import { type BlasBackend, createBlasBackend } from "../lib/blas.ts";
 import { createWasmBackend, type WasmBackend } from "../lib/wasm.ts";
+import { simdBase64 } from "../lib/wasm/kernels_wasm.ts";
+import { KERNEL_NAMES, WorkerPool } from "../lib/wasm/pool.ts";
 
 // ---------------------------------------------------------------------------
 // Helpers. The assertions are local because the standard library (on JSR) is
@@ -53,15 +56,16 @@ function assertThrows(
   throw new Error(`expected ${errorClass.name} with "${includes}", but nothing was thrown`);
 }
 
-/** mulberry32: a small seeded generator of floats in [0, 1). */
+/**
+ * Returns a seeded generator of floats in [0, 1): a 32-bit linear
+ * congruential generator with the multiplier and increment of Numerical
+ * Recipes. Weak, but enough to make test inputs reproducible.
+ */
 function makeRandom(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    return state / 4294967296;
   };
 }
 
@@ -264,12 +268,25 @@ for (const { label, backend } of variants) {
 // ---------------------------------------------------------------------------
 // Row kernels
 
-const ROW_SHAPES: [number, number][] = [[1, 1], [3, 5], [17, 64], [7, 1000], [300, 131]];
+// The last shape is large enough to be split between threads.
+const ROW_SHAPES: [number, number][] = [
+  [1, 1],
+  [3, 5],
+  [17, 64],
+  [7, 1000],
+  [300, 131],
+  [200, 1003],
+];
 
-/** Makes a `rows × cols` input with a wide spread and, from 3 columns up, one −∞ per row. */
+/**
+ * Makes a `rows × cols` input with a wide spread and, from 3 columns up, one
+ * −∞ per row and a NaN in row 1 (which turns that whole row into NaN).
+ */
 function logits(rows: number, cols: number, random: () => number): Float32Array {
   const x = randomArray(rows * cols, random, 8);
-  if (cols >= 3) { for (let r = 0; r < rows; r++) x[r * cols + (r % cols)] = -Infinity; }
+  if (cols < 3) return x;
+  for (let r = 0; r < rows; r++) x[r * cols + (r % cols)] = -Infinity;
+  if (rows >= 2) x[2 * cols - 1] = NaN;
   return x;
 }
 
@@ -350,7 +367,7 @@ for (const { label, backend } of variants) {
 
   Deno.test(`wasm layerNorm forward and backward, ${label}`, () => {
     const random = makeRandom(13);
-    for (const [rows, cols] of [...ROW_SHAPES, [1024, 64] as [number, number]]) {
+    for (const [rows, cols] of [...ROW_SHAPES, [2048, 96] as [number, number]]) {
       for (const inside of PLACEMENTS) {
         const name = `${label} ${rows}×${cols} inside=${inside}`;
         const x = randomArray(rows * cols, random, 3);
@@ -432,7 +449,7 @@ for (const { label, backend } of variants) {
 for (const { label, backend } of variants) {
   Deno.test(`wasm gelu forward and backward, ${label}`, () => {
     const random = makeRandom(20);
-    for (const length of [1, 3, 17, 1000, 40001]) {
+    for (const length of [1, 3, 17, 1000, 200003]) {
       for (const inside of PLACEMENTS) {
         const name = `${label} length ${length} inside=${inside}`;
         // Wide range, to reach both tails of tanh.
@@ -459,7 +476,7 @@ for (const { label, backend } of variants) {
 
   Deno.test(`wasm adamw update, ${label}`, () => {
     const random = makeRandom(21);
-    for (const length of [1, 5, 1003, 40000]) {
+    for (const length of [1, 5, 1003, 150001]) {
       for (const step of [1, 10]) {
         for (const inside of PLACEMENTS) {
           const name = `${label} length ${length} step ${step} inside=${inside}`;
@@ -541,6 +558,47 @@ for (const { label, backend } of variants) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------
+// Thread count
+
+Deno.test("wasm results do not depend on thread count", () => {
+  // Chunks cut at tile and vector boundaries, so every element is computed
+  // by the same sequence of operations on one thread or two.
+  const [one, two] = [variants[0].backend, variants[1].backend];
+  const random = makeRandom(35);
+  const a = randomArray(300 * 200, random);
+  const b = randomArray(200 * 170, random);
+  const products = [one, two].map((backend) => {
+    const c = backend.alloc(300 * 170);
+    backend.matmul(place(backend, a, true), place(backend, b, true), c, {
+      m: 300,
+      n: 170,
+      k: 200,
+      transB: true,
+    });
+    return c;
+  });
+  assertEquals(Array.from(products[1]), Array.from(products[0]), "matmul");
+
+  const shape = { batch: 2, seqLen: 100, heads: 4, headSize: 16 };
+  const qkv = randomArray(2 * 100 * 3 * 64, random);
+  const dy = randomArray(2 * 100 * 64, random);
+  const gradients = [one, two].map((backend) => {
+    const probs = backend.alloc(2 * 4 * 100 * 100);
+    const dqkv = backend.alloc(qkv.length);
+    backend.attentionForward(place(backend, qkv, true), backend.alloc(dy.length), probs, shape);
+    backend.attentionBackward(
+      place(backend, dy, true),
+      place(backend, qkv, true),
+      probs,
+      dqkv,
+      shape,
+    );
+    return dqkv;
+  });
+  assertEquals(Array.from(gradients[1]), Array.from(gradients[0]), "attention gradient");
+});
 
 // ---------------------------------------------------------------------------
 // Memory and argument checks
@@ -665,6 +723,39 @@ Deno.test("wasm rejects invalid thread counts", async () => {
       error = caught;
     }
     assert(error instanceof RangeError, `threads ${threads} rejected`);
+  }
+});
+
+Deno.test("wasm pool reports kernel errors and recovers", async () => {
+  const bytes = Uint8Array.from(atob(simdBase64), (char) => char.charCodeAt(0));
+  const module = new WebAssembly.Module(bytes);
+  const memory = new WebAssembly.Memory({ initial: 16, maximum: 1024, shared: true });
+  const instance = new WebAssembly.Instance(module, { env: { memory } });
+  (instance.exports.initialize as () => void)();
+  const kernels = KERNEL_NAMES.map((name) => instance.exports[name] as (...args: number[]) => void);
+  const gelu = KERNEL_NAMES.indexOf("geluForward");
+  const pool = await WorkerPool.start(1, module, memory);
+  try {
+    // Every chunk reads past the end of the 1 MiB memory, so each one traps.
+    const outOfBounds = [0, 1, 2, 3].map(() => [1 << 19, 1 << 19, 1 << 20]);
+    let error: unknown;
+    try {
+      pool.run(gelu, outOfBounds, kernels);
+    } catch (caught) {
+      error = caught;
+    }
+    assert(error instanceof Error, `expected an error, got ${error}`);
+    assert(/out of bounds/.test(error.message), error.message);
+
+    // The next call runs normally.
+    const x = new Float32Array(memory.buffer, 4096, 64).fill(1);
+    const y = new Float32Array(memory.buffer, 8192, 64);
+    pool.run(gelu, [[4096, 8192, 32], [4096 + 128, 8192 + 128, 32]], kernels);
+    const expected = new Float32Array(64);
+    jsBackend.geluForward(x, expected, 64);
+    assertClose(y, expected, relative(expected, 1e-5, 1e-6), "gelu after a failed call");
+  } finally {
+    await pool.close();
   }
 });
 

@@ -1,16 +1,18 @@
 /**
  * WebGPU kernels and the GPU trainer against the `js` reference backend.
  *
- * These tests need a WebGPU adapter. Mesa's llvmpipe software Vulkan driver
- * is enough, and there they fail, never skip, when no adapter is found. The
- * sizes are tiny because llvmpipe runs at about 1 GFLOP/s, and many of them
- * are not multiples of the 64 × 64 GEMM tile or of the 256-thread
- * workgroups.
+ * These tests need a WebGPU adapter, and Mesa's software renderer llvmpipe
+ * is enough. Without an adapter they fail with the message of `requestGpu`
+ * instead of being skipped. The sizes are tiny because llvmpipe runs at
+ * about 1 GFLOP/s, and many of them are not multiples of the 64 × 64 GEMM
+ * tile or of the 256-thread workgroups. The first run on a machine also
+ * compiles every shader with LLVM (about 35 s on a 2-core x86-64 machine),
+ * and llvmpipe caches the results in ~/.cache/mesa_shader_cache.
  *
  * Tolerances: the GPU computes in f32 and sums in a different order than the
  * reference, which computes in f64 from f32 inputs. Elementwise kernels agree
  * to about 1e-6 and reductions over a few hundred terms to about 1e-5, so
- * kernel checks use `|gpu − cpu| ≤ 1e-4 + 1e-4·|cpu|` unless a test says
+ * kernel checks use `|gpu − cpu| ≤ 1e-4 + 1e-4·|cpu|` unless a test states
  * otherwise.
  *
  * Run: deno test --allow-read --allow-env tests/webgpu_test.ts
@@ -18,6 +20,10 @@
 
 import assert from "node:assert/strict";
 import { type AttentionShape, jsBackend } from "../lib/backend.ts";
+import { GPT, type GPTConfig } from "../lib/gpt.ts";
+import { noGrad } from "../lib/tensor.ts";
+import { namedParameters } from "../lib/nn.ts";
+import { AdamW, clipGradNorm, decayGroups, gradNorm } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
 import { type Gpu, NO_ADAPTER_MESSAGE, requestGpu } from "../gpu/device.ts";
 import {
@@ -38,6 +44,7 @@ import {
   viewOf,
   writeAdamStep,
 } from "../gpu/kernels.ts";
+import { GpuTrainer, type StepResult } from "../gpu/trainer.ts";
 
 // ---------------------------------------------------------------------------
 // Shared setup and helpers.
@@ -72,7 +79,7 @@ function randomTokens(length: number, vocab: number): Int32Array {
   return Int32Array.from({ length }, () => random.int(vocab));
 }
 
-/** Test buffers, destroyed at the end of each test by `withBuffers`. */
+/** Buffers created by one test, destroyed together when the test ends. */
 class TestBuffers {
   readonly #device: GPUDevice;
   readonly #buffers: GPUBuffer[] = [];
@@ -103,7 +110,7 @@ class TestBuffers {
   }
 }
 
-/** Records with `record`, runs the plan and returns the views in `read`, downloaded. */
+/** Records a plan with `record`, runs it and returns the contents of the views that `record` returned. */
 async function runPlan(
   record: (plan: Plan, kernels: Kernels, buffers: TestBuffers) => GpuView[],
 ): Promise<Float32Array[]> {
@@ -128,10 +135,10 @@ async function runPlan(
 function assertClose(
   actual: ArrayLike<number>,
   expected: ArrayLike<number>,
-  what: string,
+  label: string,
   { atol = 1e-4, rtol = 1e-4 } = {},
 ): void {
-  assert.equal(actual.length, expected.length, `${what}: length`);
+  assert.equal(actual.length, expected.length, `${label}: length`);
   let worst = -1;
   let worstExcess = 0;
   for (let i = 0; i < expected.length; i++) {
@@ -144,7 +151,7 @@ function assertClose(
   }
   if (worst >= 0) {
     assert.fail(
-      `${what}: element ${worst} is ${actual[worst]}, expected ${expected[worst]} ` +
+      `${label}: element ${worst} is ${actual[worst]}, expected ${expected[worst]} ` +
         `(atol ${atol}, rtol ${rtol})`,
     );
   }
@@ -178,7 +185,7 @@ Deno.test("requestGpu without navigator.gpu throws", async () => {
 // Matrix products.
 
 /** Runs one GEMM on the GPU and through `jsBackend.matmul`, and compares. */
-async function checkMatmul(options: GemmOptions, what: string): Promise<void> {
+async function checkMatmul(options: GemmOptions, label: string): Promise<void> {
   const { m, n, k } = options;
   const batch = options.batch ?? 1;
   const strideA = options.strideA ?? m * k;
@@ -194,7 +201,7 @@ async function checkMatmul(options: GemmOptions, what: string): Promise<void> {
     kernels.matmul(plan, buffers.of(a), buffers.of(b), out, options);
     return [out];
   });
-  assertClose(actual, expected, what, { atol: 1e-4 * Math.sqrt(k), rtol: 1e-4 });
+  assertClose(actual, expected, label, { atol: 1e-4 * Math.sqrt(k), rtol: 1e-4 });
 }
 
 Deno.test("matmul matches js for every transpose", GPU_TEST, async () => {
@@ -203,8 +210,8 @@ Deno.test("matmul matches js for every transpose", GPU_TEST, async () => {
   for (const [m, n, k] of sizes) {
     for (const transA of [false, true]) {
       for (const transB of [false, true]) {
-        const what = `m ${m} n ${n} k ${k} transA ${transA} transB ${transB}`;
-        await checkMatmul({ m, n, k, transA, transB }, what);
+        const label = `m ${m} n ${n} k ${k} transA ${transA} transB ${transB}`;
+        await checkMatmul({ m, n, k, transA, transB }, label);
       }
     }
   }
@@ -316,6 +323,35 @@ Deno.test("add, biasAdd and biasBackward match loops", GPU_TEST, async () => {
   const expected = Float32Array.from(dbias);
   for (let r = 0; r < rows; r++) for (let j = 0; j < cols; j++) expected[j] += b[r * cols + j];
   assertClose(dbiasOut, expected, "biasBackward");
+});
+
+Deno.test("kernels fold large grids into two dimensions", GPU_TEST, async () => {
+  // Both sizes need more than 65 535 workgroups, the WebGPU default limit
+  // per dimension, so the kernels must read the second grid dimension.
+  const length = 65_536 * 256 + 300;
+  const a = new Float32Array(length);
+  const b = new Float32Array(length);
+  for (let i = 0; i < length; i++) {
+    a[i] = i % 1000;
+    b[i] = (i % 7) - 3;
+  }
+  const [rows, cols] = [65_600, 3];
+  const x = randomArray(rows * cols);
+
+  const [sum, probs] = await runPlan((plan, kernels, buffers) => {
+    const out = buffers.zeros(length);
+    kernels.add(plan, buffers.of(a), buffers.of(b), out, length);
+    const xView = buffers.of(x);
+    kernels.softmaxForward(plan, xView, rows, cols);
+    return [out, xView];
+  });
+
+  const expectedSum = new Float32Array(length);
+  for (let i = 0; i < length; i++) expectedSum[i] = a[i] + b[i];
+  assertClose(sum, expectedSum, "add");
+  const expectedProbs = new Float32Array(rows * cols);
+  jsBackend.softmaxForward(x, expectedProbs, rows, cols);
+  assertClose(probs, expectedProbs, "softmax", { atol: 1e-6, rtol: 1e-4 });
 });
 
 Deno.test("buildTokenIndex sorts positions by token", () => {
@@ -560,10 +596,10 @@ Deno.test("attention forward and backward match js", GPU_TEST, async () => {
     const expectedDqkv = dqkv0.slice();
     jsBackend.attentionForward(qkv, expectedY, expectedProbs, shape);
     jsBackend.attentionBackward(dy, qkv, expectedProbs, expectedDqkv, shape);
-    const what = `B ${B} T ${T} H ${H} D ${D}`;
-    assertClose(probs, expectedProbs, `attention probs ${what}`);
-    assertClose(y, expectedY, `attention y ${what}`);
-    assertClose(dqkv, expectedDqkv, `attention dqkv ${what}`);
+    const label = `B ${B} T ${T} H ${H} D ${D}`;
+    assertClose(probs, expectedProbs, `attention probs ${label}`);
+    assertClose(y, expectedY, `attention y ${label}`);
+    assertClose(dqkv, expectedDqkv, `attention dqkv ${label}`);
   }
 });
 
@@ -688,5 +724,263 @@ Deno.test("adamw matches js over three steps", GPU_TEST, async () => {
     plan.destroy();
     buffers.destroy();
     stepBuffer.destroy();
+  }
+});
+
+// ---------------------------------------------------------------------------
+// The trainer against the CPU GPT of lib/gpt.ts.
+
+const TINY: GPTConfig = { vocabSize: 40, contextLength: 8, dModel: 16, layers: 2, heads: 2 };
+const BATCH = 2;
+
+/**
+ * Returns a tiny GPT whose biases and LayerNorm parameters are perturbed away
+ * from their 0 and 1 initial values, so that errors in their gradients show.
+ */
+function tinyModel(seed: number): GPT {
+  const model = new GPT(TINY, { seed });
+  for (const param of model.parameters()) {
+    if (param.shape.length === 1) {
+      for (let i = 0; i < param.size; i++) param.data[i] += 0.1 * random.normal();
+    }
+  }
+  return model;
+}
+
+/** Returns copies of a model's parameters by name. */
+function weightsOf(model: GPT): Map<string, Float32Array> {
+  return new Map([...namedParameters(model)].map(([name, param]) => [name, param.data.slice()]));
+}
+
+/** Returns random inputs and targets for one batch of `B` × `T` tokens. */
+function randomBatch(B: number, T: number): { inputs: Int32Array; targets: Int32Array } {
+  return {
+    inputs: randomTokens(B * T, TINY.vocabSize),
+    targets: randomTokens(B * T, TINY.vocabSize),
+  };
+}
+
+/** Runs one CPU training step with the autograd GPT and the AdamW of lib/. */
+function cpuStep(
+  model: GPT,
+  optimizer: AdamW,
+  batch: { inputs: Int32Array; targets: Int32Array },
+  clip: number | null,
+): StepResult {
+  const T = batch.inputs.length / BATCH;
+  optimizer.zeroGrad();
+  const { loss } = model.forward(batch.inputs, BATCH, T, batch.targets);
+  const value = loss!.item();
+  loss!.backward();
+  const params = model.parameters();
+  const norm = clip === null ? gradNorm(params) : clipGradNorm(params, clip);
+  optimizer.step();
+  return { loss: value, gradNorm: norm };
+}
+
+/**
+ * AdamW settings of the trainer tests. The clipping threshold lies inside the
+ * range of gradient norms the tiny model produces, so some steps are clipped.
+ */
+const HYPER = { lr: 1e-2, weightDecay: 0.1 };
+const CLIP = 1.0;
+
+/**
+ * Tolerances of GPU against CPU training. On llvmpipe, losses agreed to
+ * 1e-6, norms to 3e-7 relative and weights after four steps to 1.2e-5.
+ * AdamW's normalised update magnifies rounding in gradients near zero, so
+ * the weight tolerance is the widest.
+ */
+const LOSS_ATOL = 1e-5;
+const NORM_RTOL = 1e-5;
+const WEIGHT_ATOL = 1e-4;
+
+/** Creates a GPU trainer for `model`'s current weights with the test settings. */
+async function trainerFor(model: GPT): Promise<GpuTrainer> {
+  const { gpu } = await gpuKernels();
+  return await GpuTrainer.create(gpu, TINY, weightsOf(model), {
+    batchSize: BATCH,
+    ...HYPER,
+    clipGrad: CLIP,
+  });
+}
+
+/** Creates the CPU optimizer that matches `trainerFor`. */
+function optimizerFor(model: GPT): AdamW {
+  return new AdamW(decayGroups(model.parameters(), HYPER.weightDecay), HYPER);
+}
+
+/** Asserts that one GPU step and one CPU step gave the same loss and norm. */
+function assertSameStep(actual: StepResult, expected: StepResult, label: string): void {
+  assertClose([actual.loss], [expected.loss], `${label} loss`, { atol: LOSS_ATOL, rtol: 0 });
+  assertClose([actual.gradNorm], [expected.gradNorm], `${label} gradient norm`, {
+    atol: 0,
+    rtol: NORM_RTOL,
+  });
+}
+
+/** Asserts that the trainer's weights equal the model's. */
+async function assertSameWeights(trainer: GpuTrainer, model: GPT, label: string): Promise<void> {
+  const weights = await trainer.readWeights();
+  assert.deepEqual([...weights.keys()], [...namedParameters(model).keys()], `${label} names`);
+  for (const [name, param] of namedParameters(model)) {
+    assertClose(weights.get(name)!, param.data, `${label} ${name}`, { atol: WEIGHT_ATOL, rtol: 0 });
+  }
+}
+
+Deno.test("GpuTrainer steps match the CPU GPT", GPU_TEST, async () => {
+  const model = tinyModel(1);
+  const trainer = await trainerFor(model);
+  const optimizer = optimizerFor(model);
+  try {
+    // Full and shorter sequences: T = 5 and 3 leave rows of wpe without gradient.
+    const lengths = [8, 5, 8, 3];
+    let clipped = 0;
+    for (const [step, T] of lengths.entries()) {
+      const batch = randomBatch(BATCH, T);
+      const expected = cpuStep(model, optimizer, batch, CLIP);
+      const actual = await trainer.step(batch.inputs, batch.targets, HYPER.lr);
+      assertSameStep(actual, expected, `step ${step} (T ${T})`);
+      if (expected.gradNorm > CLIP) clipped++;
+    }
+    assert.ok(clipped > 0, "no step was clipped, so clipping went untested");
+    assert.equal(trainer.stepCount, lengths.length);
+    await assertSameWeights(trainer, model, "after four steps");
+  } finally {
+    trainer.destroy();
+  }
+});
+
+Deno.test("GpuTrainer evaluate and logits match the CPU GPT", GPU_TEST, async () => {
+  const model = tinyModel(2);
+  const trainer = await trainerFor(model);
+  try {
+    for (const T of [8, 5]) {
+      const batch = randomBatch(BATCH, T);
+      const expected = model.evaluate(batch.inputs, batch.targets, BATCH, T);
+      const actual = await trainer.evaluate(batch.inputs, batch.targets);
+      assertClose([actual], [expected], `evaluate T ${T}`, { atol: LOSS_ATOL, rtol: 0 });
+    }
+
+    const V = TINY.vocabSize;
+    for (const [B, T] of [[2, 8], [1, 8], [2, 3], [1, 1]]) {
+      const inputs = randomTokens(B * T, V);
+      const cpu = noGrad(() => model.forward(inputs, B, T).logits.data);
+      const expected = new Float32Array(B * V);
+      for (let b = 0; b < B; b++) {
+        const last = (b * T + T - 1) * V;
+        expected.set(cpu.subarray(last, last + V), b * V);
+      }
+      assertClose(await trainer.logits(inputs, B, T), expected, `logits B ${B} T ${T}`);
+    }
+  } finally {
+    trainer.destroy();
+  }
+});
+
+Deno.test("GpuTrainer optimizer state resumes on the CPU", GPU_TEST, async () => {
+  const model = tinyModel(3);
+  const trainer = await trainerFor(model);
+  const batches = [randomBatch(BATCH, 8), randomBatch(BATCH, 8), randomBatch(BATCH, 8)];
+  try {
+    await trainer.step(batches[0].inputs, batches[0].targets, HYPER.lr);
+    await trainer.step(batches[1].inputs, batches[1].targets, HYPER.lr);
+
+    // Resume the run on the CPU from the GPU's weights and moments.
+    const weights = await trainer.readWeights();
+    for (const [name, param] of namedParameters(model)) param.data.set(weights.get(name)!);
+    const optimizer = optimizerFor(model);
+    optimizer.loadStateDict(await trainer.readOptimizerState());
+
+    const expected = cpuStep(model, optimizer, batches[2], CLIP);
+    const actual = await trainer.step(batches[2].inputs, batches[2].targets, HYPER.lr);
+    assertSameStep(actual, expected, "step after the move");
+    await assertSameWeights(trainer, model, "after the move");
+  } finally {
+    trainer.destroy();
+  }
+});
+
+Deno.test("GpuTrainer resumes a CPU optimizer state", GPU_TEST, async () => {
+  const model = tinyModel(4);
+  const optimizer = optimizerFor(model);
+  const batches = [randomBatch(BATCH, 8), randomBatch(BATCH, 8), randomBatch(BATCH, 8)];
+  cpuStep(model, optimizer, batches[0], CLIP);
+  cpuStep(model, optimizer, batches[1], CLIP);
+
+  const trainer = await trainerFor(model);
+  try {
+    trainer.writeOptimizerState(optimizer.stateDict());
+    assert.equal(trainer.stepCount, 2);
+    const expected = cpuStep(model, optimizer, batches[2], CLIP);
+    const actual = await trainer.step(batches[2].inputs, batches[2].targets, HYPER.lr);
+    assertSameStep(actual, expected, "step after the move");
+    await assertSameWeights(trainer, model, "after the move");
+  } finally {
+    trainer.destroy();
+  }
+});
+
+Deno.test("GpuTrainer steps are deterministic", GPU_TEST, async () => {
+  const model = tinyModel(5);
+  const batch = randomBatch(BATCH, 8);
+  const results: StepResult[] = [];
+  const weights: Map<string, Float32Array>[] = [];
+  for (let run = 0; run < 2; run++) {
+    const trainer = await trainerFor(model);
+    try {
+      results.push(await trainer.step(batch.inputs, batch.targets, HYPER.lr));
+      weights.push(await trainer.readWeights());
+    } finally {
+      trainer.destroy();
+    }
+  }
+  assert.deepEqual(results[1], results[0]);
+  assert.deepEqual(weights[1], weights[0]);
+});
+
+Deno.test("GpuTrainer rejects invalid weights and inputs", GPU_TEST, async () => {
+  const { gpu } = await gpuKernels();
+  const options = { batchSize: BATCH, lr: 1e-3 };
+  const model = tinyModel(6);
+
+  const missing = weightsOf(model);
+  missing.delete("h.1.ln_2.bias");
+  await assert.rejects(
+    GpuTrainer.create(gpu, TINY, missing, options),
+    /weights are missing "h\.1\.ln_2\.bias"/,
+  );
+
+  const resized = weightsOf(model);
+  resized.set("wpe.weight", new Float32Array(3));
+  await assert.rejects(
+    GpuTrainer.create(gpu, TINY, resized, options),
+    /weight "wpe\.weight" has 3 values, expected 128/,
+  );
+
+  const extra = weightsOf(model);
+  extra.set("h.0.attn.bias", new Float32Array(1));
+  await assert.rejects(
+    GpuTrainer.create(gpu, TINY, extra, options),
+    /unknown weight "h\.0\.attn\.bias"/,
+  );
+
+  await assert.rejects(
+    GpuTrainer.create(gpu, { ...TINY, heads: 3 }, weightsOf(model), options),
+    /heads \(3\) must divide dModel \(16\)/,
+  );
+
+  const trainer = await trainerFor(model);
+  try {
+    const { inputs, targets } = randomBatch(BATCH, 8);
+    inputs[3] = TINY.vocabSize;
+    await assert.rejects(trainer.step(inputs, targets), /input token id 40 at position 3/);
+    await assert.rejects(
+      trainer.step(new Int32Array(2 * 9), new Int32Array(2 * 9)),
+      /expected 2 × T token ids with 1 ≤ T ≤ 8, got 18/,
+    );
+    assert.equal(trainer.stepCount, 0);
+  } finally {
+    trainer.destroy();
   }
 });

@@ -33,6 +33,7 @@ export function sizeClass(bytes: number): number {
 
 /** Size-class allocator of byte ranges in a shared `WebAssembly.Memory`. */
 export class SharedMemoryAllocator {
+  /** The memory the blocks are carved from. */
   readonly memory: WebAssembly.Memory;
   #top: number;
   readonly #freeLists = new Map<number, number[]>();

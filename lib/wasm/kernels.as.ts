@@ -12,8 +12,10 @@
 // - Matrices are row-major. `ld*` is the distance in floats between two rows,
 //   so a kernel can work on a sub-block of a larger matrix.
 // - The module has no data segment and no globals that change, so any number
-//   of instances can share one memory. The host passes each thread its own
-//   `scratch` area, `scratchBytes(seqLen)` long.
+//   of instances can share one memory. The host leaves the first
+//   `reservedBytes()` bytes to the module, calls `initialize()` once to fill
+//   the constant table there, and passes each thread its own `scratch` area,
+//   `scratchBytes(seqLen)` long.
 // - The build compiles this file twice: with `--enable relaxed-simd`, where
 //   `madd` is one fused `f32x4.relaxed_madd`, and without, where it is a
 //   multiply and an add. `ASC_FEATURE_RELAXED_SIMD` selects at compile time.
@@ -541,13 +543,17 @@ export function sgemm(
 // ---------------------------------------------------------------------------
 // Row kernels: softmax, log-softmax, LayerNorm. `rows × cols`, row-major.
 
-/** Returns the largest of the `cols` floats at `x`. */
+/**
+ * Returns the largest of the `cols` floats at `x`. A NaN may be skipped, so
+ * callers must let NaN reach the result another way (the exponentials do).
+ */
 function rowMax(x: usize, cols: i32): f32 {
   let j = 0;
   let best: f32 = -Infinity;
   if (cols >= 4) {
     let vmax = v128.load(x);
-    for (j = 4; j + 4 <= cols; j += 4) vmax = f32x4.max(vmax, v128.load(x + (<usize> j << 2)));
+    // pmax is one instruction; max, which orders NaN and ±0, is several.
+    for (j = 4; j + 4 <= cols; j += 4) vmax = f32x4.pmax(vmax, v128.load(x + (<usize> j << 2)));
     best = maxLanes(vmax);
   }
   for (; j < cols; j++) best = max(best, load<f32>(x + (<usize> j << 2)));
@@ -940,6 +946,7 @@ export function adamwUpdate(
   const veps = f32x4.splat(eps);
   const vcorr1 = f32x4.splat(correction1);
   const vcorr2 = f32x4.splat(correction2);
+
   let i = 0;
   for (; i + 4 <= length; i += 4) {
     const o = <usize> i << 2;

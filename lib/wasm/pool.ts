@@ -8,8 +8,8 @@
  * chunks by incrementing a shared counter and runs them until none is left.
  * Finally the main thread waits until every claimed chunk is done, so a
  * kernel call returns only when its whole result is written. A worker that
- * wakes late (a busy machine) finds fewer chunks or none to claim, so it
- * delays the call by at most one chunk. Waiting is a short spin on
+ * wakes late (on a busy machine) finds fewer chunks or none to claim, so it
+ * delays the call by at most the time of one chunk. Waiting is a short spin on
  * `Atomics.load`, then `Atomics.wait`.
  *
  * The workers are `node:worker_threads` workers, not web `Worker`s, because
@@ -73,9 +73,9 @@ export const FIELD = {
   messageLength: 51,
 } as const;
 /** Value of `next` between calls: above any chunk count, so late claims find nothing. */
-export const CLOSED = 1 << 30;
+export const CLOSED: number = 1 << 30;
 /** Kernel index that makes the workers leave their loops and exit. */
-export const STOP = -1;
+export const STOP: number = -1;
 /** Most arguments of any kernel (sgemm has 17). */
 export const MAX_ARGS = 24;
 /** Most chunks of one call. */
@@ -85,15 +85,22 @@ export const ARGS_OFFSET = 256;
 /** Most threads, the main thread included. */
 export const MAX_THREADS = 64;
 /** Byte offset of each thread's scratch address, `MAX_THREADS` float64s, index 0 for the main thread. */
-export const SCRATCH_OFFSET = ARGS_OFFSET + MAX_CHUNKS * MAX_ARGS * 8;
-/** Byte offset and capacity of the error message. */
-export const MESSAGE_OFFSET = SCRATCH_OFFSET + MAX_THREADS * 8;
+export const SCRATCH_OFFSET: number = ARGS_OFFSET + MAX_CHUNKS * MAX_ARGS * 8;
+/** Byte offset of the UTF-8 error message of a failed chunk. */
+export const MESSAGE_OFFSET: number = SCRATCH_OFFSET + MAX_THREADS * 8;
+/** Capacity of the error message in bytes; longer messages are cut. */
 export const MESSAGE_BYTES = 1024;
 const CONTROL_BYTES = MESSAGE_OFFSET + MESSAGE_BYTES;
 /** Iterations of `Atomics.load` before a waiting thread blocks in `Atomics.wait`. */
 export const SPIN_LIMIT = 20000;
 
-/** The module each worker runs. */
+/**
+ * The module each worker runs.
+ *
+ * NOTE: `deno compile` must bundle it (`--include lib/wasm_worker.ts`).
+ * Starting workers from a remote copy of this package (a `jsr:` import) is
+ * untested. `threads: 1` starts no worker in either case.
+ */
 export const WORKER_URL = new URL("../wasm_worker.ts", import.meta.url);
 
 /**
@@ -108,8 +115,11 @@ export function canStartWorkers(): boolean {
 
 /** Start-up data of one worker, sent by the main thread. */
 export interface WorkerSetup {
+  /** The compiled kernels. */
   module: WebAssembly.Module;
+  /** The backend's shared memory. */
   memory: WebAssembly.Memory;
+  /** The control block, with the layout of FIELD, ARGS_OFFSET, SCRATCH_OFFSET and MESSAGE_OFFSET. */
   control: SharedArrayBuffer;
   /** Index of this thread in the scratch table, from 1 (0 is the main thread). */
   thread: number;
