@@ -21,7 +21,9 @@ export const PERMISSIONS = [
 /** Returns the `deno compile` arguments that build `output`. */
 export function compileArgs(output: string): string[] {
   const entry = new URL("./rinzler.ts", import.meta.url).pathname;
-  return ["compile", ...PERMISSIONS, "--output", output, entry];
+  // The wasm backend starts its worker threads from this file, which a static import does not reach.
+  const worker = new URL("../lib/wasm_worker.ts", import.meta.url).pathname;
+  return ["compile", ...PERMISSIONS, "--include", worker, "--output", output, entry];
 }
 
 async function main(argv: string[]): Promise<number> {

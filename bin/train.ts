@@ -18,7 +18,7 @@ import {
   TrainError,
   type TrainOptions,
 } from "../lib/train.ts";
-import { selectBackend } from "../lib/backends.ts";
+import { type BackendName, selectBackend } from "../lib/backends.ts";
 import { setBackend } from "../lib/tensor.ts";
 
 /** A command-line input that cannot be used; reported as one line with exit status 2. */
@@ -182,8 +182,9 @@ const FLAGS: Record<string, Flag> = {
   "backend": {
     key: "backend",
     kind: "string",
-    choices: ["js", "wasm"],
-    help: "CPU kernels: wasm (SIMD) or js (the plain reference)",
+    choices: ["js", "wasm", "blas"],
+    help:
+      "CPU kernels: wasm (SIMD), js (the plain reference) or blas (OpenBLAS through FFI; needs --allow-ffi)",
   },
   "threads": {
     key: "threads",
@@ -239,7 +240,7 @@ export interface TrainCommand {
   help: boolean;
   /** Only the options given on the command line; the rest come from defaults or the resumed run. */
   options: Partial<TrainOptions>;
-  backend: "js" | "wasm";
+  backend: BackendName;
   threads: number;
   webgpu: boolean;
 }
@@ -330,7 +331,7 @@ export function parseTrainArgs(argv: string[]): TrainCommand {
           `invalid --${name} "${text}": expected one of ${flag.choices.join(", ")}`,
         );
       }
-      if (name === "backend") command.backend = text as "js" | "wasm";
+      if (name === "backend") command.backend = text as BackendName;
       else options[flag.key] = text;
       continue;
     }
@@ -371,6 +372,14 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
 
   try {
     setBackend(await selectBackend(command.backend, command.threads));
+  } catch (error) {
+    console.error(
+      `train: the ${command.backend} backend is not available: ${(error as Error).message}`,
+    );
+    return 1;
+  }
+
+  try {
     const result = await train(command.options, undefined, { webgpu: command.webgpu });
     if (result.stoppedBy === "nonfinite") return 1;
     console.log(
@@ -382,7 +391,7 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
   } catch (error) {
     if (
       error instanceof TrainError || error instanceof CheckpointError ||
-      error instanceof Deno.errors.NotFound ||
+      error instanceof Deno.errors.NotFound || error instanceof Deno.errors.NotCapable ||
       (error instanceof Error && error.message.startsWith(NO_ADAPTER_MESSAGE))
     ) {
       console.error(`train: ${error.message}`);

@@ -7,14 +7,20 @@
 import { type Backend, jsBackend } from "./backend.ts";
 
 /** Names accepted by `selectBackend`. */
-export type BackendName = "js" | "wasm";
+export type BackendName = "js" | "wasm" | "blas";
 
 /**
- * Returns the named backend: `js`, the plain reference, or `wasm`, the SIMD
- * kernels with `threads` worker threads (1 runs on the calling thread only).
+ * Returns the named backend: `js`, the plain reference; `wasm`, the SIMD
+ * kernels with `threads` worker threads (1 runs on the calling thread only);
+ * or `blas`, the system's OpenBLAS `cblas_sgemm` through FFI, which needs
+ * `--allow-ffi` and the library installed.
  */
 export async function selectBackend(name: BackendName, threads = 1): Promise<Backend> {
   if (name === "js") return jsBackend;
+  if (name === "blas") {
+    const { createBlasBackend } = await import("./blas.ts");
+    return createBlasBackend({ threads });
+  }
   const { createWasmBackend } = await import("./wasm.ts");
   return await createWasmBackend({ threads });
 }
