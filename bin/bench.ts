@@ -102,44 +102,43 @@ async function runScript(args: string[]): Promise<void> {
   }
 }
 
-/** Runs `deno task train` for `steps` steps in a child process and returns its peak resident memory in MiB. */
+/**
+ * Runs `deno task train` for `steps` steps in a child process under GNU
+ * time and returns its peak resident memory in MiB (GNU time's `%M`).
+ */
 async function peakTrainingMemory(steps: number): Promise<number> {
   const runDir = await Deno.makeTempDir({ prefix: "rinzler-bench-" });
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--allow-env",
-      "--allow-run",
-      new URL("./train.ts", import.meta.url).pathname,
-      `--steps=${steps}`,
-      "--gen-every=0",
-      "--vocab-size=1000",
-      `--run-dir=${runDir}`,
-    ],
-    stdout: "null",
-    stderr: "inherit",
-  }).spawn();
-
-  // VmHWM is the process's peak resident set so far; the last reading before exit is the peak.
-  let peakKiB = 0;
-  const poll = setInterval(async () => {
-    try {
-      const status = await Deno.readTextFile(`/proc/${child.pid}/status`);
-      const match = status.match(/VmHWM:\s+(\d+) kB/);
-      if (match) peakKiB = Math.max(peakKiB, Number(match[1]));
-    } catch {
-      // The process has exited between two readings.
-    }
-  }, 50);
-  const status = await child.status;
-  clearInterval(poll);
-  await Deno.remove(runDir, { recursive: true });
-  if (!status.success) {
-    throw new Error(`the training run for the memory figure failed (exit ${status.code})`);
+  const args = [
+    "-f",
+    "%M",
+    Deno.execPath(),
+    "run",
+    "--allow-read",
+    "--allow-write",
+    "--allow-env",
+    "--allow-run",
+    new URL("./train.ts", import.meta.url).pathname,
+    `--steps=${steps}`,
+    "--gen-every=0",
+    "--vocab-size=1000",
+    `--run-dir=${runDir}`,
+  ];
+  let output;
+  try {
+    output = await new Deno.Command("/usr/bin/time", { args, stdout: "null", stderr: "piped" })
+      .output();
+  } catch (error) {
+    throw new Error(
+      `could not run /usr/bin/time (install GNU time for the memory figure): ${error}`,
+    );
+  } finally {
+    await Deno.remove(runDir, { recursive: true });
   }
-  return peakKiB / 1024;
+  const stderr = new TextDecoder().decode(output.stderr).trim().split("\n");
+  if (!output.success) {
+    throw new Error(`the training run for the memory figure failed: ${stderr.join(" ")}`);
+  }
+  return Number(stderr[stderr.length - 1]) / 1024;
 }
 
 const HELP = `Usage: deno task bench [flags]
