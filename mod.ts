@@ -140,4 +140,10 @@ export type {
   StoredTensor,
 } from "./lib/checkpoint.ts";
 export { loadModel, OPTIMIZERS, train, TrainError } from "./lib/train.ts";
-export type { OptimizerName, TrainIO, TrainOptions, TrainResult, TrainRuntime } from "./lib/train.ts";
+export type {
+  OptimizerName,
+  TrainIO,
+  TrainOptions,
+  TrainResult,
+  TrainRuntime,
+} from "./lib/train.ts";
