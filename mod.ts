@@ -27,6 +27,30 @@
  * console.log(w.grad); // Float32Array [1, 1, 1, 1]
  * ```
  *
+ * @example Building blocks, by name
+ * ```ts
+ * import { Linear, namedParameters, Random, Tensor } from "./mod.ts";
+ * const layer = new Linear(4, 2, { name: "proj", random: new Random(0) });
+ * const y = layer.forward(Tensor.zeros([3, 4])); // [3, 2]
+ * console.log([...namedParameters(layer).keys()]); // ["proj.weight", "proj.bias"]
+ * ```
+ *
+ * @example An optimizer with a schedule
+ * ```ts
+ * import { AdamW, CosineWithWarmup, Parameter } from "./mod.ts";
+ * const w = new Parameter("w", [2]);
+ * const optimizer = new CosineWithWarmup(new AdamW([w], { lr: 1e-2 }), { warmupSteps: 10, totalSteps: 100 });
+ * w.grad = Float32Array.of(1, -1);
+ * optimizer.step(); // rate 1e-3 at step 0 of the warmup
+ * ```
+ *
+ * @example The tokenizer
+ * ```ts
+ * import { BPETokenizer } from "./mod.ts";
+ * const tokenizer = BPETokenizer.train("low lower lowest 🙂", 5);
+ * console.log(tokenizer.decode(tokenizer.encode("lowest 🙂"))); // "lowest 🙂"
+ * ```
+ *
  * @example A GPT, a few steps of AdamW and a sample
  * ```ts
  * import { AdamW, BPETokenizer, generate, GPT, Random } from "./mod.ts";
