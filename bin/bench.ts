@@ -185,7 +185,7 @@ async function main(): Promise<number> {
     console.error(`bench: invalid --steps "${values.steps}": expected an integer >= 1`);
     return 2;
   }
-  const wanted = (name: string) =>
+  const selected = (name: string) =>
     values.only === undefined ? name !== "numpy" || !!values.numpy : values.only === name;
   const here = (file: string) => new URL(file, import.meta.url).pathname;
 
@@ -193,12 +193,12 @@ async function main(): Promise<number> {
     `machine: ${navigator.hardwareConcurrency} cores, Deno ${Deno.version.deno}, V8 ${Deno.version.v8}`,
   );
 
-  if (wanted("gemm")) {
+  if (selected("gemm")) {
     console.log("\n## Matrix products (GFLOP/s)\n");
     await runScript(["run", "--allow-read", "--allow-env", here("./bench_gemm.ts")]);
   }
 
-  if (wanted("step")) {
+  if (selected("step")) {
     const { contextLength: T, dModel, layers, heads, vocabSize } = BENCH_CONFIG;
     console.log(
       `\n## Training step: d_model ${dModel}, ${layers} layers, ${heads} heads, context ${T}, batch 8, vocabulary ${vocabSize}, AdamW\n`,
@@ -227,17 +227,17 @@ async function main(): Promise<number> {
     }
   }
 
-  if (wanted("memory")) {
+  if (selected("memory")) {
     console.log("\n## Peak memory of `deno task train --steps 50 --vocab-size 1000`\n");
     console.log(`peak resident memory: ${(await peakTrainingMemory(50)).toFixed(0)} MiB`);
   }
 
-  if (wanted("generate")) {
+  if (selected("generate")) {
     console.log("\n## Generation (tokens/s)\n");
     await runScript(["run", "--allow-read", "--allow-env", here("./bench_generate.ts")]);
   }
 
-  if (wanted("numpy") && values.numpy) {
+  if (selected("numpy") && values.numpy) {
     console.log(`\n## NumPy reference trainer: python3 ${values.numpy} bench\n`);
     const status = await new Deno.Command("python3", { args: [values.numpy, "bench"] }).spawn()
       .status;

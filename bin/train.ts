@@ -235,7 +235,7 @@ export function helpText(): string {
   return lines.join("\n");
 }
 
-/** What the command line asks for. */
+/** The parsed command line. */
 export interface TrainCommand {
   help: boolean;
   /** Only the options given on the command line; the rest come from defaults or the resumed run. */

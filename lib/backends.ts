@@ -10,9 +10,9 @@ import { type Backend, jsBackend } from "./backend.ts";
 export type BackendName = "js" | "wasm" | "blas";
 
 /**
- * Returns the named backend: `js`, the plain reference; `wasm`, the SIMD
- * kernels with `threads` worker threads (1 runs on the calling thread only);
- * or `blas`, the system's OpenBLAS `cblas_sgemm` through FFI, which needs
+ * Returns the named backend. `js` is the plain reference. `wasm` runs the
+ * SIMD kernels on `threads` threads (1 runs on the calling thread only).
+ * `blas` calls the system's OpenBLAS `cblas_sgemm` through FFI, so it needs
  * `--allow-ffi` and the library installed.
  */
 export async function selectBackend(name: BackendName, threads = 1): Promise<Backend> {

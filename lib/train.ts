@@ -96,7 +96,7 @@ export interface TrainOptions {
   divCrit: number | null;
   /** Checkpoint to continue from, or null. */
   resume: string | null;
-  /** Folder that holds the numbered run folders. */
+  /** Parent folder of the numbered run folders. */
   runDir: string;
 }
 
@@ -140,7 +140,7 @@ export interface MetricsRecord {
   elapsedSeconds: number;
 }
 
-/** Where a finished run left its files and what it reached. */
+/** Outcome of a finished run: its folder, last checkpoint and losses. */
 export interface TrainResult {
   /** Folder of this run, holding `metrics.jsonl`, the arguments and the checkpoints. */
   runDir: string;
@@ -152,7 +152,7 @@ export interface TrainResult {
   firstValLoss: number;
   /** Validation loss at the end. */
   finalValLoss: number;
-  /** Why training stopped. */
+  /** Reason training stopped. */
   stoppedBy: "done" | "signal" | "divergence" | "nonfinite";
   /** Mean seconds per training step in this process. */
   secondsPerStep: number;
@@ -323,7 +323,7 @@ function buildOptimizer(model: GPT, options: TrainOptions, steps: number): Optim
 /** Prefix of the optimizer's buffers in a checkpoint, kept apart from the weight names. */
 export const OPTIMIZER_PREFIX = "optimizer.";
 
-/** The model architecture stored in a checkpoint. */
+/** Returns the model architecture that a run with these options trains. */
 function configOf(options: TrainOptions, vocabSize: number): GPTConfig {
   return {
     vocabSize,
@@ -585,8 +585,8 @@ export async function train(
   const inputs = new Int32Array(B * T);
   const targets = new Int32Array(B * T);
 
-  // On the GPU the weights and moments live in GPU buffers for the whole run;
-  // they come back to `model` and `optimizer` only for checkpoints and samples.
+  // On the GPU the weights and moments live in GPU buffers for the whole run.
+  // They come back to `model` and `optimizer` only for checkpoints and samples.
   let gpuTrainer: GpuTrainer | null = null;
   let gpuDevice: GPUDevice | null = null;
   if (runtime.webgpu) {
@@ -860,7 +860,7 @@ export async function train(
   };
 }
 
-/** What the trainer stores in a checkpoint's sidecar besides the tensors. */
+/** Trainer state in a checkpoint's sidecar, besides the tensors. */
 interface ResumeMeta {
   config?: GPTConfig;
   tokenizer?: unknown;
