@@ -98,7 +98,8 @@ Deno.test("train CLI saves on SIGTERM, twice", async () => {
   const saved = stdout.match(/checkpoint saved: (\S+) \(resume with --resume/);
   assert.ok(saved, stdout);
   const checkpoint = await loadCheckpoint(saved[1]);
-  assert.ok(checkpoint.step > 0 && checkpoint.step < 100000);
+  assert.ok(checkpoint.step > 0, `checkpoint step ${checkpoint.step}`);
+  assert.ok(checkpoint.step < 100000, `checkpoint step ${checkpoint.step}`);
 });
 
 Deno.test("train CLI rejects a corrupted checkpoint", async () => {

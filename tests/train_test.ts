@@ -22,7 +22,7 @@ function captureIO(): TrainIO & { lines: string[] } {
   };
 }
 
-/** The first 200,000 characters of the real default corpus, in a temporary file. */
+/** Writes the first 200,000 characters of the real default corpus to a temporary file. */
 async function realTextFile(): Promise<string> {
   const corpus = await ensureDefaultCorpus();
   const text = await Deno.readTextFile(corpus);
@@ -32,7 +32,7 @@ async function realTextFile(): Promise<string> {
   return path;
 }
 
-/** A model small enough to train in a test on the reference backend. */
+/** Returns options for a model small enough to train in a test on the reference backend. */
 function smallRun(corpus: string, runDir: string): Partial<TrainOptions> {
   return {
     corpus: [corpus],
