@@ -111,6 +111,34 @@ export interface Backend {
   ): void;
 
   /**
+   * Softmax cross-entropy of each row of `logits` `[rows, cols]` against the
+   * class index `targets[r]`, which must lie in `[0, cols)`. Writes
+   * `probs = softmax(logits)` for the backward pass and the row's loss
+   * `losses[r] = −log probs[r, targets[r]]`, computed as
+   * `max + log Σ exp(logits − max) − logits[r, targets[r]]`.
+   */
+  crossEntropyForward(
+    logits: Float32Array,
+    targets: Int32Array,
+    probs: Float32Array,
+    losses: Float32Array,
+    rows: number,
+    cols: number,
+  ): void;
+  /**
+   * Adds `scale · (probs − onehot(targets))` into `dlogits` row by row: the
+   * gradient of `scale · Σ_r losses[r]`, so `scale = 1 / rows` for the mean.
+   */
+  crossEntropyBackward(
+    probs: Float32Array,
+    targets: Int32Array,
+    dlogits: Float32Array,
+    rows: number,
+    cols: number,
+    scale: number,
+  ): void;
+
+  /**
    * LayerNorm over the last axis with biased variance: `y = (x − μ) / √(σ² + eps) · γ + β`.
    * Writes the per-row `mean` and reciprocal standard deviation `rstd` for the backward pass.
    */
@@ -280,6 +308,31 @@ export const jsBackend: Backend = {
       let sum = 0;
       for (let j = 0; j < cols; j++) sum += dy[o + j];
       for (let j = 0; j < cols; j++) dx[o + j] += dy[o + j] - Math.exp(y[o + j]) * sum;
+    }
+  },
+
+  crossEntropyForward(logits, targets, probs, losses, rows, cols) {
+    for (let r = 0; r < rows; r++) {
+      const o = r * cols;
+      let max = -Infinity;
+      for (let j = 0; j < cols; j++) max = Math.max(max, logits[o + j]);
+      let sum = 0;
+      for (let j = 0; j < cols; j++) {
+        const e = Math.exp(logits[o + j] - max);
+        probs[o + j] = e;
+        sum += e;
+      }
+      for (let j = 0; j < cols; j++) probs[o + j] /= sum;
+      // From the log-sum-exp, not from the rounded probability, which may be 0.
+      losses[r] = max + Math.log(sum) - logits[o + targets[r]];
+    }
+  },
+
+  crossEntropyBackward(probs, targets, dlogits, rows, cols, scale) {
+    for (let r = 0; r < rows; r++) {
+      const o = r * cols;
+      for (let j = 0; j < cols; j++) dlogits[o + j] += scale * probs[o + j];
+      dlogits[o + targets[r]] -= scale;
     }
   },
 

@@ -231,6 +231,20 @@ export class BPETokenizer {
       removed() {},
     };
 
+    // Allocate the list of each rank that occurs in the text at its final length. Pairs of
+    // alphabet tokens occur only here, and pairs added by merges contain a merged token, so no
+    // list filled here grows later.
+    const initialCounts = new Int32Array(this.merges.length);
+    for (let i = 0; i + 1 < ids.length; i++) {
+      const rank = rankOfPair.get(ids[i] * vocabSize + ids[i + 1]);
+      if (rank !== undefined) initialCounts[rank]++;
+    }
+    for (let rank = 0; rank < initialCounts.length; rank++) {
+      if (initialCounts[rank] === 0) continue;
+      positionsByRank[rank] = new IntList(initialCounts[rank]);
+      pendingRanks.push(rank);
+    }
+
     const sequence = new TokenSequence(ids);
     for (let i = 0; i + 1 < ids.length; i++) events.added(ids[i], ids[i + 1], i);
 
@@ -331,7 +345,8 @@ function codePointArray(text: string): Int32Array {
     i += codePoint > 0xffff ? 2 : 1;
     codePoints[count++] = isSurrogate(codePoint) ? REPLACEMENT_CHARACTER : codePoint;
   }
-  return codePoints.slice(0, count);
+  // A surrogate pair is one scalar value, so only text with such pairs leaves a tail to drop.
+  return count === codePoints.length ? codePoints : codePoints.slice(0, count);
 }
 
 /** Returns the scalar value of a one-code-point string, reading a lone surrogate as U+FFFD. */
@@ -436,8 +451,21 @@ function learnMerges(
     },
   };
 
+  // Count the pairs first, so that each position list is allocated at its final length: on a
+  // large text, lists that grow by doubling hold about twice the memory, plus their old copies.
+  const initialCounts = new Map<number, number>();
+  for (let i = 0; i + 1 < ids.length; i++) {
+    const key = ids[i] * keyBase + ids[i + 1];
+    initialCounts.set(key, (initialCounts.get(key) ?? 0) + 1);
+  }
+  for (const [key, count] of initialCounts) {
+    const left = Math.floor(key / keyBase);
+    pairs.set(key, { left, right: key - left * keyBase, count: 0, positions: new IntList(count) });
+  }
+  initialCounts.clear();
   const sequence = new TokenSequence(ids);
   for (let i = 0; i + 1 < ids.length; i++) events.added(ids[i], ids[i + 1], i);
+  created = [...pairs.values()];
   const queue = new BinaryHeap<QueuedPair>(queuedBefore);
   const enqueueCreated = () => {
     for (const stats of created) {
@@ -491,26 +519,35 @@ interface PairEvents {
 }
 
 /**
- * A token sequence stored as a doubly linked list over its original positions, so that one merge
- * rewrites one position and unlinks the next in constant time. Position 0 is never unlinked, so
- * it is always the head.
+ * A token sequence stored at its original positions. A merge writes the new token at the position
+ * of the pair's first token and marks the second token's position, like every position inside a
+ * merged token, with -1. The neighbours of a token are found by skipping -1 entries, which costs
+ * at most the length of one token in code points. Two link arrays would make that constant time
+ * at 8 bytes per code point of text. Position 0 is never marked, so it is always the first token.
  */
 class TokenSequence {
-  /** Token id at each position, or -1 where a merge unlinked the position. */
+  /** Token id at each position, or -1 where the position is inside an earlier token. */
   readonly tokens: Int32Array;
-  readonly previous: Int32Array;
-  readonly next: Int32Array;
 
-  /** Links the positions of `ids`, which the sequence then owns and rewrites in place. */
+  /** Takes the positions of `ids`, which the sequence then owns and rewrites in place. */
   constructor(ids: Int32Array) {
-    const length = ids.length;
     this.tokens = ids;
-    this.previous = new Int32Array(length);
-    this.next = new Int32Array(length);
-    for (let i = 0; i < length; i++) {
-      this.previous[i] = i - 1;
-      this.next[i] = i + 1 < length ? i + 1 : -1;
-    }
+  }
+
+  /** Returns the position of the token after the one at `position`, or -1 at the end. */
+  next(position: number): number {
+    const tokens = this.tokens;
+    let after = position + 1;
+    while (after < tokens.length && tokens[after] === -1) after++;
+    return after < tokens.length ? after : -1;
+  }
+
+  /** Returns the position of the token before the one at `position`, or -1 at the start. */
+  previous(position: number): number {
+    const tokens = this.tokens;
+    let before = position - 1;
+    while (before >= 0 && tokens[before] === -1) before--;
+    return before;
   }
 
   /**
@@ -519,11 +556,12 @@ class TokenSequence {
    * starts there.
    */
   merge(position: number, left: number, right: number, newId: number, events: PairEvents): boolean {
-    const { tokens, previous, next } = this;
-    const second = next[position];
-    if (tokens[position] !== left || second < 0 || tokens[second] !== right) return false;
-    const before = previous[position];
-    const after = next[second];
+    const tokens = this.tokens;
+    if (tokens[position] !== left) return false;
+    const second = this.next(position);
+    if (second < 0 || tokens[second] !== right) return false;
+    const before = this.previous(position);
+    const after = this.next(second);
 
     if (before >= 0) events.removed(tokens[before], left, before);
     if (after >= 0) events.removed(right, tokens[after], second);
@@ -531,8 +569,6 @@ class TokenSequence {
 
     tokens[position] = newId;
     tokens[second] = -1;
-    next[position] = after;
-    if (after >= 0) previous[after] = position;
 
     if (before >= 0) events.added(tokens[before], newId, before);
     if (after >= 0) events.added(newId, tokens[after], position);
@@ -541,10 +577,16 @@ class TokenSequence {
 
   /** Returns the token ids in sequence order. */
   toArray(): number[] {
-    const ids: number[] = [];
-    for (let position = this.tokens.length > 0 ? 0 : -1; position >= 0;) {
-      ids.push(this.tokens[position]);
-      position = this.next[position];
+    const tokens = this.tokens;
+    let count = 0;
+    for (let position = 0; position < tokens.length; position++) {
+      if (tokens[position] !== -1) count++;
+    }
+    // Sized up front: a 10-million-character text leaves millions of ids.
+    const ids = new Array<number>(count);
+    let index = 0;
+    for (let position = 0; position < tokens.length; position++) {
+      if (tokens[position] !== -1) ids[index++] = tokens[position];
     }
     return ids;
   }
@@ -552,8 +594,13 @@ class TokenSequence {
 
 /** Growable list of 32-bit integers, smaller than a plain array for millions of positions. */
 class IntList {
-  data = new Int32Array(4);
+  data: Int32Array;
   length = 0;
+
+  /** Creates an empty list with room for `capacity` values before it grows. */
+  constructor(capacity = 4) {
+    this.data = new Int32Array(Math.max(1, capacity));
+  }
 
   push(value: number): void {
     if (this.length === this.data.length) {

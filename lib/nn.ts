@@ -99,8 +99,7 @@ export class Linear implements Module {
 
   /** Returns `x · W + b` for `x` `[N, in]` or `[B, T, in]`. */
   forward(x: Tensor): Tensor {
-    const y = x.dot(this.weight);
-    return this.bias === null ? y : y.add(this.bias);
+    return this.bias === null ? x.dot(this.weight) : x.linear(this.weight, this.bias);
   }
 
   /** Returns `[weight, bias]`, or `[weight]` without a bias. */

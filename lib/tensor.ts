@@ -324,6 +324,65 @@ export class Tensor {
     });
   }
 
+  /**
+   * Affine map `this · weight + bias` with `weight` `[K, N]` and `bias` `[N]`:
+   * `[M, K] → [M, N]`, or `[B, T, K] → [B, T, N]`. It computes what
+   * `this.dot(weight).add(bias)` computes, in one node: each output row
+   * starts as a copy of the bias and the product is added onto it, so no
+   * separate product buffer and gradient are allocated.
+   */
+  linear(weight: Tensor, bias: Tensor): Tensor {
+    if (weight.shape.length !== 2 || this.shape.length < 2) {
+      throw new Error(
+        `linear needs a 2-D or 3-D input and a 2-D weight, got ${describe(this.shape)} and ${
+          describe(weight.shape)
+        }`,
+      );
+    }
+    const [k, n] = weight.shape;
+    if (this.shape[this.shape.length - 1] !== k || bias.size !== n) {
+      throw new Error(
+        `linear: shapes do not match, ${describe(this.shape)} · ${describe(weight.shape)} + ${
+          describe(bias.shape)
+        }`,
+      );
+    }
+    const m = this.size / k;
+    const out = backend.alloc(m * n);
+    for (let row = 0; row < m; row++) out.set(bias.data, row * n);
+    backend.matmul(this.data, weight.data, out, { m, n, k, accumulate: true });
+
+    return Tensor.result(out, [...this.shape.slice(0, -1), n], [this, weight, bias], (result) => {
+      const g = result.grad!;
+      // dX = dY · Wᵀ and dW = Xᵀ · dY, as in `dot`.
+      if (this.requiresGrad) {
+        backend.matmul(g, weight.data, this.gradBuffer(), {
+          m,
+          n: k,
+          k: n,
+          transB: true,
+          accumulate: true,
+        });
+      }
+      if (weight.requiresGrad) {
+        backend.matmul(this.data, g, weight.gradBuffer(), {
+          m: k,
+          n,
+          k: m,
+          transA: true,
+          accumulate: true,
+        });
+      }
+      // db = 1ᵀ · dY, the column sums of dY, as a product so the backend runs it.
+      if (bias.requiresGrad) {
+        const ones = backend.alloc(m);
+        ones.fill(1);
+        backend.matmul(ones, g, bias.gradBuffer(), { m: 1, n, k: m, accumulate: true });
+        backend.free(ones);
+      }
+    });
+  }
+
   /** Batched matrix product: `[P, M, K] · [P, K, N] → [P, M, N]`. */
   bmm(other: Tensor): Tensor {
     if (this.shape.length !== 3 || other.shape.length !== 3) {
@@ -576,9 +635,36 @@ export class Tensor {
     });
   }
 
-  /** Mean cross-entropy of `targets` under logits `[…, V]`, through `logSoftmax`. */
+  /**
+   * Mean cross-entropy of `targets` under logits `[…, V]`: the same value as
+   * `this.logSoftmax().nllLoss(targets)`, in one backend kernel that keeps
+   * the probabilities `p`. The gradient of row i is `(p_i − onehot(targets[i])) / rows`.
+   */
   crossEntropy(targets: Int32Array): Tensor {
-    return this.logSoftmax().nllLoss(targets);
+    const vocab = this.shape[this.shape.length - 1];
+    const rows = this.size / vocab;
+    if (targets.length !== rows) {
+      throw new Error(`crossEntropy: ${targets.length} targets for ${rows} rows`);
+    }
+    for (const t of targets) {
+      if (!(t >= 0 && t < vocab)) {
+        throw new Error(`crossEntropy: target ${t} is outside [0, ${vocab})`);
+      }
+    }
+    const probs = backend.alloc(this.size);
+    const losses = backend.alloc(rows);
+    backend.crossEntropyForward(this.data, targets, probs, losses, rows, vocab);
+    let total = 0;
+    for (let r = 0; r < rows; r++) total += losses[r];
+    const out = backend.alloc(1);
+    out[0] = total / rows;
+
+    const result = Tensor.result(out, [], [this], (result) => {
+      const scale = result.grad![0] / rows;
+      backend.crossEntropyBackward(probs, targets, this.gradBuffer(), rows, vocab, scale);
+    });
+    result.scratch.push(probs, losses);
+    return result;
   }
 
   /**
@@ -719,19 +805,23 @@ function elementwise(a: Tensor, other: Tensor | number, op: Arithmetic): Tensor 
   const n = x.length;
   const m = y.length;
   const out = backend.alloc(n);
-  switch (op) {
-    case "add":
-      for (let i = 0; i < n; i++) out[i] = x[i] + y[i % m];
-      break;
-    case "sub":
-      for (let i = 0; i < n; i++) out[i] = x[i] - y[i % m];
-      break;
-    case "mul":
-      for (let i = 0; i < n; i++) out[i] = x[i] * y[i % m];
-      break;
-    case "div":
-      for (let i = 0; i < n; i++) out[i] = x[i] / y[i % m];
-      break;
+  // The output is n / m blocks of m elements, and block element j uses y[j].
+  // Nested loops rather than an index modulo m, which costs an integer division per element.
+  for (let start = 0; start < n; start += m) {
+    switch (op) {
+      case "add":
+        for (let j = 0; j < m; j++) out[start + j] = x[start + j] + y[j];
+        break;
+      case "sub":
+        for (let j = 0; j < m; j++) out[start + j] = x[start + j] - y[j];
+        break;
+      case "mul":
+        for (let j = 0; j < m; j++) out[start + j] = x[start + j] * y[j];
+        break;
+      case "div":
+        for (let j = 0; j < m; j++) out[start + j] = x[start + j] / y[j];
+        break;
+    }
   }
 
   return Tensor.result(out, a.shape, [a, b], (result) => {
@@ -739,34 +829,38 @@ function elementwise(a: Tensor, other: Tensor | number, op: Arithmetic): Tensor 
     // d(a op b)/da and d(a op b)/db, summed over the broadcast positions of b.
     if (a.requiresGrad) {
       const da = a.gradBuffer();
-      switch (op) {
-        case "add":
-        case "sub":
-          for (let i = 0; i < n; i++) da[i] += g[i];
-          break;
-        case "mul":
-          for (let i = 0; i < n; i++) da[i] += g[i] * y[i % m];
-          break;
-        case "div":
-          for (let i = 0; i < n; i++) da[i] += g[i] / y[i % m];
-          break;
+      for (let start = 0; start < n; start += m) {
+        switch (op) {
+          case "add":
+          case "sub":
+            for (let j = 0; j < m; j++) da[start + j] += g[start + j];
+            break;
+          case "mul":
+            for (let j = 0; j < m; j++) da[start + j] += g[start + j] * y[j];
+            break;
+          case "div":
+            for (let j = 0; j < m; j++) da[start + j] += g[start + j] / y[j];
+            break;
+        }
       }
     }
     if (b.requiresGrad) {
       const db = b.gradBuffer();
-      switch (op) {
-        case "add":
-          for (let i = 0; i < n; i++) db[i % m] += g[i];
-          break;
-        case "sub":
-          for (let i = 0; i < n; i++) db[i % m] -= g[i];
-          break;
-        case "mul":
-          for (let i = 0; i < n; i++) db[i % m] += g[i] * x[i];
-          break;
-        case "div":
-          for (let i = 0; i < n; i++) db[i % m] -= g[i] * x[i] / (y[i % m] * y[i % m]);
-          break;
+      for (let start = 0; start < n; start += m) {
+        switch (op) {
+          case "add":
+            for (let j = 0; j < m; j++) db[j] += g[start + j];
+            break;
+          case "sub":
+            for (let j = 0; j < m; j++) db[j] -= g[start + j];
+            break;
+          case "mul":
+            for (let j = 0; j < m; j++) db[j] += g[start + j] * x[start + j];
+            break;
+          case "div":
+            for (let j = 0; j < m; j++) db[j] -= g[start + j] * x[start + j] / (y[j] * y[j]);
+            break;
+        }
       }
     }
   });

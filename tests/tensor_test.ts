@@ -108,6 +108,33 @@ Deno.test("dot values", () => {
   assert.throws(() => a.dot(a), /inner dimensions differ/);
 });
 
+Deno.test("linear, 2-D and 3-D", () => {
+  gradCheck(
+    "linear 2-D",
+    [randomTensor([3, 5]), randomTensor([5, 4]), randomTensor([4])],
+    (x, w, b) => x.linear(w, b),
+  );
+  gradCheck(
+    "linear 3-D",
+    [randomTensor([2, 3, 5]), randomTensor([5, 4]), randomTensor([4])],
+    (x, w, b) => x.linear(w, b),
+  );
+});
+
+Deno.test("linear equals dot plus bias", () => {
+  const x = randomTensor([2, 7, 5]);
+  const w = randomTensor([5, 6]);
+  const b = randomTensor([6]);
+  const fused = x.linear(w, b);
+  const spelled = x.dot(w).add(b);
+  assert.deepEqual(fused.shape, spelled.shape);
+  for (let i = 0; i < fused.size; i++) {
+    assert.ok(Math.abs(fused.data[i] - spelled.data[i]) < 1e-5, `element ${i}`);
+  }
+  assert.throws(() => x.linear(w, randomTensor([5])), /shapes do not match/);
+  assert.throws(() => x.linear(randomTensor([4, 6]), b), /shapes do not match/);
+});
+
 Deno.test("bmm", () => {
   gradCheck("bmm", [randomTensor([3, 2, 4]), randomTensor([3, 4, 5])], (a, b) => a.bmm(b));
 });
@@ -227,6 +254,23 @@ Deno.test("nllLoss and crossEntropy", () => {
   const uniform = Tensor.zeros([2, 8]).crossEntropy(Int32Array.from([1, 5]));
   assert.ok(Math.abs(uniform.item() - Math.log(8)) < 1e-6);
   assert.throws(() => Tensor.zeros([1, 4]).crossEntropy(Int32Array.from([4])), /outside/);
+  assert.throws(() => Tensor.zeros([2, 4]).crossEntropy(Int32Array.from([1])), /1 targets/);
+});
+
+Deno.test("crossEntropy equals logSoftmax then nllLoss", () => {
+  const targets = Int32Array.from([0, 3, 2, 3, 1, 0]);
+  const fusedInput = randomTensor([2, 3, 4], 3);
+  const spelledInput = Tensor.from(fusedInput.data, fusedInput.shape, { requiresGrad: true });
+  const fused = fusedInput.crossEntropy(targets);
+  const spelled = spelledInput.logSoftmax().nllLoss(targets);
+  assert.ok(Math.abs(fused.item() - spelled.item()) < 1e-6);
+
+  fused.backward();
+  spelled.backward();
+  for (let i = 0; i < fusedInput.size; i++) {
+    const difference = Math.abs(fusedInput.grad![i] - spelledInput.grad![i]);
+    assert.ok(difference < 1e-6, `gradient element ${i}`);
+  }
 });
 
 Deno.test("fused attention", () => {

@@ -355,6 +355,77 @@ for (const { label, backend } of variants) {
     }
   });
 
+  Deno.test(`wasm cross-entropy forward and backward, ${label}`, () => {
+    const random = makeRandom(14);
+    for (const [rows, cols] of ROW_SHAPES) {
+      for (const inside of PLACEMENTS) {
+        const name = `${label} ${rows}×${cols} inside=${inside}`;
+        // Finite logits: a target at −∞ would make the loss +∞ on purpose.
+        const x = randomArray(rows * cols, random, 8);
+        const targets = Int32Array.from({ length: rows }, () => Math.floor(random() * cols));
+        const probs = new Float32Array(rows * cols);
+        const losses = new Float32Array(rows);
+        jsBackend.crossEntropyForward(x, targets, probs, losses, rows, cols);
+        const wprobs = place(backend, new Float32Array(rows * cols), inside);
+        const wlosses = place(backend, new Float32Array(rows), inside);
+        backend.crossEntropyForward(
+          place(backend, x, inside),
+          targets,
+          wprobs,
+          wlosses,
+          rows,
+          cols,
+        );
+        assertClose(
+          wprobs,
+          probs,
+          relative(probs, 1e-5, 1e-7),
+          `crossEntropyForward probs ${name}`,
+        );
+        assertClose(wlosses, losses, relative(losses, 1e-5, 1e-5), `crossEntropyForward ${name}`);
+
+        const scale = 1 / rows;
+        const dx0 = randomArray(rows * cols, random);
+        const dx = dx0.slice();
+        jsBackend.crossEntropyBackward(probs, targets, dx, rows, cols, scale);
+        const wdx = place(backend, dx0, inside);
+        backend.crossEntropyBackward(
+          place(backend, probs, inside),
+          targets,
+          wdx,
+          rows,
+          cols,
+          scale,
+        );
+        assertClose(wdx, dx, relative(dx, 1e-6, 1e-7), `crossEntropyBackward ${name}`);
+      }
+    }
+  });
+
+  Deno.test(`wasm cross-entropy reads targets inside the memory, ${label}`, () => {
+    const random = makeRandom(15);
+    const [rows, cols] = [37, 21];
+    const x = randomArray(rows * cols, random, 4);
+    const targets = Int32Array.from({ length: rows }, (_, r) => (r * 7) % cols);
+    const probs = new Float32Array(rows * cols);
+    const losses = new Float32Array(rows);
+    jsBackend.crossEntropyForward(x, targets, probs, losses, rows, cols);
+    // An Int32Array view of the backend's memory is passed without a copy.
+    const block = backend.alloc(rows);
+    const inside = new Int32Array(block.buffer, block.byteOffset, rows);
+    inside.set(targets);
+    const wlosses = backend.alloc(rows);
+    backend.crossEntropyForward(
+      place(backend, x, true),
+      inside,
+      backend.alloc(x.length),
+      wlosses,
+      rows,
+      cols,
+    );
+    assertClose(wlosses, losses, relative(losses, 1e-5, 1e-5), label);
+  });
+
   Deno.test(`wasm log-softmax in place, ${label}`, () => {
     const random = makeRandom(12);
     const x = randomArray(5 * 33, random, 4);

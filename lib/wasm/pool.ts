@@ -29,6 +29,8 @@ export const KERNEL_NAMES = [
   "softmaxBackward",
   "logSoftmaxForward",
   "logSoftmaxBackward",
+  "crossEntropyForward",
+  "crossEntropyBackward",
   "layerNormForward",
   "layerNormBackward",
   "geluForward",
