@@ -28,25 +28,31 @@ export function compileArgs(output: string): string[] {
 
 async function main(argv: string[]): Promise<number> {
   const output = argv[0] ?? "rinzler";
+  const version = Deno.version.deno;
   const runtime = Deno.env.get("DENORT_BIN");
   if (runtime === undefined) {
     console.error(
       "compile: DENORT_BIN is not set, so deno compile will download its denort runtime; " +
-        "where that download is not reachable, set DENORT_BIN to a local denort binary of Deno " +
-        Deno.version.deno,
+        `where that download is not reachable, set DENORT_BIN to a local denort binary of Deno ${version}`,
     );
+  } else if (/(^|\/)deno(\.exe)?$/.test(runtime)) {
+    console.error(
+      `compile: DENORT_BIN is ${runtime}, the full deno binary, which builds an executable that runs as ` +
+        "deno; set DENORT_BIN to the denort binary instead",
+    );
+    return 1;
   } else {
     console.error(`compile: using the runtime in DENORT_BIN (${runtime})`);
   }
-  const status = await new Deno.Command(Deno.execPath(), { args: compileArgs(output) }).spawn()
-    .status;
+
+  const command = new Deno.Command(Deno.execPath(), { args: compileArgs(output) });
+  const status = await command.spawn().status;
   if (!status.success) {
-    console.error(
-      `compile: deno compile failed with exit code ${status.code}; ` +
-        (runtime === undefined
-          ? "the denort runtime may not be downloadable here: set DENORT_BIN"
-          : "check DENORT_BIN"),
-    );
+    const hint = runtime === undefined
+      ? `if the output above shows a failed download, set DENORT_BIN to the denort binary of Deno ${version} ` +
+        "(the denort archive for this platform among the assets of Deno's release)"
+      : `check that DENORT_BIN is the denort binary of Deno ${version}`;
+    console.error(`compile: deno compile failed with exit code ${status.code}; ${hint}`);
     return 1;
   }
   console.error(`compile: wrote ${output}`);

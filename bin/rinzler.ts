@@ -30,9 +30,11 @@ export function helpText(): string {
     "Commands:",
     ...Object.entries(COMMANDS).map(([name, [, help]]) => `  ${name.padEnd(10)} ${help}`),
     "",
-    "Run 'rinzler <command> --help' for the flags of a command.",
+    "Flags:",
     "  --version  print the version",
     "  --help     print this help",
+    "",
+    "Run 'rinzler <command> --help' for the flags of a command.",
   ];
   return lines.join("\n");
 }

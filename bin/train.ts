@@ -117,7 +117,8 @@ const FLAGS: Record<string, Flag> = {
   "corpus": {
     key: "corpus",
     kind: "list",
-    help: "corpus file or glob, repeatable (default: the State of the Union addresses)",
+    help:
+      "corpus file or glob, repeatable; quote globs (default: the State of the Union addresses in corpus/sotu.txt)",
   },
   "seed": {
     key: "seed",
@@ -171,7 +172,7 @@ const FLAGS: Record<string, Flag> = {
     kind: "number",
     min: [0, false],
     unit: "%",
-    help: "stop and save when the gap exceeds this (default: off)",
+    help: "stop and save when the gap exceeds this, in % (default: off)",
   },
   "resume": {
     key: "resume",
@@ -184,13 +185,13 @@ const FLAGS: Record<string, Flag> = {
     kind: "string",
     choices: ["js", "wasm", "blas"],
     help:
-      "CPU kernels: wasm (SIMD), js (the plain reference) or blas (OpenBLAS through FFI; needs --allow-ffi)",
+      "CPU kernels: wasm (SIMD), js (the plain reference) or blas (system OpenBLAS; needs deno run --allow-ffi)",
   },
   "threads": {
     key: "threads",
     kind: "int",
     min: [1, true],
-    help: "worker threads of the wasm backend (default: all cores)",
+    help: "threads of the wasm and blas backends",
   },
   "webgpu": {
     key: "webgpu",
@@ -219,8 +220,8 @@ export function helpText(): string {
       ? DEFAULTS[flag.key as keyof TrainOptions]
       : undefined;
     if (name === "no-clip-grad" || name === "cosine" || name === "webgpu") fallback = "off";
-    if (name === "div-crit" || name === "resume") fallback = "none";
-    if (name === "corpus") fallback = "corpus/sotu.txt";
+    if (name === "resume") fallback = "none";
+    if (name === "corpus" || name === "div-crit") fallback = undefined;
     if (name === "backend") fallback = "wasm";
     if (name === "threads") fallback = navigator.hardwareConcurrency;
     const defaultText = fallback === undefined
@@ -231,7 +232,7 @@ export function helpText(): string {
     const choices = flag.choices ? ` [${flag.choices.join(", ")}]` : "";
     lines.push(`  --${(name + value).padEnd(20)} ${flag.help}${choices}${defaultText}`);
   }
-  lines.push("  --help               print this help");
+  lines.push(`  ${"--help".padEnd(22)} print this help`);
   return lines.join("\n");
 }
 
@@ -264,6 +265,26 @@ function parseNumber(name: string, flag: Flag, text: string): number {
   return value;
 }
 
+/**
+ * Rewrites `--flag -5` as `--flag=-5` for numeric flags, so that a negative
+ * number reaches validation and gets the range message, instead of looking
+ * like another flag to `parseArgs`.
+ */
+function joinNegativeValues(argv: string[]): string[] {
+  const joined: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const flag = FLAGS[argv[i].replace(/^--/, "")];
+    const numeric = flag !== undefined && (flag.kind === "int" || flag.kind === "number");
+    if (argv[i].startsWith("--") && numeric && /^-[\d.]/.test(argv[i + 1] ?? "")) {
+      joined.push(`${argv[i]}=${argv[i + 1]}`);
+      i++;
+    } else {
+      joined.push(argv[i]);
+    }
+  }
+  return joined;
+}
+
 /** Parses and validates the trainer's arguments; throws `UsageError` on the first problem. */
 export function parseTrainArgs(argv: string[]): TrainCommand {
   const parseOptions: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {
@@ -278,7 +299,7 @@ export function parseTrainArgs(argv: string[]): TrainCommand {
   let parsed;
   try {
     parsed = parseArgs({
-      args: argv,
+      args: joinNegativeValues(argv),
       options: parseOptions,
       strict: true,
       allowPositionals: false,

@@ -406,6 +406,75 @@ export async function nextRunDir(parent: string): Promise<string> {
   }
 }
 
+/** Options that a resumed run takes from its checkpoint, with their command-line flags. */
+const FIXED_ON_RESUME: [keyof TrainOptions, string][] = [
+  ["vocabSize", "--vocab-size"],
+  ["optimizer", "--optimizer"],
+  ["lr", "--lr"],
+  ["weightDecay", "--weight-decay"],
+  ["warmupSteps", "--warmup-steps"],
+  ["cosine", "--cosine"],
+  ["seed", "--seed"],
+];
+
+/**
+ * Rejects a resume request that would silently differ from the saved run: a
+ * changed tokenizer, optimizer or schedule setting, or a `steps` total the
+ * run has already reached.
+ */
+function checkResumeRequest(
+  request: Partial<TrainOptions>,
+  saved: TrainOptions,
+  step: number,
+): void {
+  for (const [key, flag] of FIXED_ON_RESUME) {
+    if (request[key] !== undefined && request[key] !== saved[key]) {
+      throw new TrainError(
+        `${flag} cannot change when resuming: the run was started with ${flag} ${
+          saved[key]
+        }; drop ${flag}`,
+      );
+    }
+  }
+  const steps = request.steps ?? saved.steps;
+  if (steps <= step) {
+    throw new TrainError(
+      `the checkpoint is at step ${step} and the run's total is ${steps}; pass --steps above ${step} to train further`,
+    );
+  }
+}
+
+/**
+ * Removes what an interrupted process may have left in a resumed run's
+ * folder: temporary files of an unfinished save, and metrics lines past the
+ * checkpoint's step, which the resumed run writes again.
+ */
+async function prepareResumedRunDir(runDir: string, step: number): Promise<void> {
+  for await (const entry of Deno.readDir(runDir)) {
+    if (entry.isFile && /^checkpoint_step\d+\.(json|safetensors)\.tmp-/.test(entry.name)) {
+      await Deno.remove(join(runDir, entry.name));
+    }
+  }
+  const metricsPath = join(runDir, "metrics.jsonl");
+  let text: string;
+  try {
+    text = await Deno.readTextFile(metricsPath);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return;
+    throw error;
+  }
+  const kept = text.split("\n").filter((line) => {
+    if (line.trim() === "") return false;
+    try {
+      return (JSON.parse(line) as MetricsRecord).step <= step;
+    } catch {
+      // A line cut short by a kill is dropped.
+      return false;
+    }
+  });
+  await Deno.writeTextFile(metricsPath, kept.map((line) => line + "\n").join(""));
+}
+
 /** Sets a flag on SIGINT or SIGTERM so the loop can stop between steps; returns the flag and a cleanup. */
 function watchSignals(io: TrainIO): { stop: { requested: string | null }; dispose: () => void } {
   const stop = { requested: null as string | null };
@@ -457,6 +526,7 @@ export async function train(
       }
     }
   }
+  if (resumed !== null) checkResumeRequest(request, meta.args!, resumed.step);
   const options: TrainOptions = { ...DEFAULTS, ...(meta.args ?? {}), ...request };
   options.resume = request.resume ?? null;
 
@@ -482,7 +552,8 @@ export async function train(
   );
   if (corpus.text.length < options.context + 1) {
     throw new TrainError(
-      `the corpus has ${corpus.text.length} characters, fewer than one context window of ${options.context} tokens`,
+      `the corpus has ${corpus.text.length} characters, too few for one context window of ${options.context} tokens; ` +
+        "use a longer corpus or a smaller --context",
     );
   }
 
@@ -497,7 +568,7 @@ export async function train(
     const started = performance.now();
     tokenizer = BPETokenizer.train(corpus.text, options.vocabSize);
     io.log(
-      `tokenizer: ${options.vocabSize} merges, vocabulary ${tokenizer.vocabSize}, trained in ${
+      `tokenizer: ${tokenizer.merges.length} merges, vocabulary ${tokenizer.vocabSize}, trained in ${
         ((performance.now() - started) / 1000).toFixed(1)
       } s`,
     );
@@ -565,15 +636,16 @@ export async function train(
   const parameterCount = model.parameters().reduce((n, p) => n + p.size, 0);
   io.log(
     `model: ${options.layers} layers, ${options.heads} heads, d_model ${options.dModel}, context ${options.context}, ` +
-      `vocabulary ${config.vocabSize}, ${
-        parameterCount.toLocaleString("en-US")
-      } parameters, backend ${getBackend().name}`,
+      `vocabulary ${config.vocabSize}, ${parameterCount.toLocaleString("en-US")} parameters, ${
+        runtime.webgpu ? "WebGPU" : `backend ${getBackend().name}`
+      }`,
   );
   io.log(`run folder: ${runDir}`);
   await Deno.writeTextFile(
     join(runDir, step === 0 ? "args.json" : `args_resume_step${step}.json`),
     JSON.stringify({ ...options, corpus: patterns }, null, 2) + "\n",
   );
+  if (resumed !== null) await prepareResumedRunDir(runDir, step);
   const metricsFile = await Deno.open(join(runDir, "metrics.jsonl"), {
     append: true,
     create: true,
@@ -836,7 +908,7 @@ export async function train(
 
     if (stoppedBy === "done") {
       io.log(`checkpoint saved: ${await save()}`);
-      if (options.genEvery === 0 || step % options.genEvery !== 0) {
+      if (options.genEvery > 0 && step % options.genEvery !== 0) {
         sample = await sampleText();
         io.log(`sample at step ${step}:\n${sample}\n`);
       }

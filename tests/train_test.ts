@@ -59,7 +59,7 @@ Deno.test("training on real text lowers the validation loss", async () => {
   const corpus = await realTextFile();
   const runs = await Deno.makeTempDir();
   const io = captureIO();
-  const result = await train({ ...smallRun(corpus, runs), steps: 40 }, io);
+  const result = await train({ ...smallRun(corpus, runs), steps: 40, genEvery: 40 }, io);
 
   assert.equal(result.stoppedBy, "done");
   assert.equal(result.step, 40);
@@ -85,6 +85,7 @@ Deno.test("training on real text lowers the validation loss", async () => {
   ]);
   const args = JSON.parse(await Deno.readTextFile(join(result.runDir, "args.json")));
   assert.equal(args.steps, 40);
+  assert.equal(io.lines.filter((line) => line.startsWith("sample at step")).length, 1);
   assert.ok(io.lines.some((line) => line.startsWith("sample at step 40:")));
 });
 
@@ -114,6 +115,46 @@ Deno.test("resume reproduces an uninterrupted run bit for bit", async () => {
       `tensor ${name} differs after resume`,
     );
   }
+});
+
+Deno.test("resume rejects changed settings", async () => {
+  const corpus = await realTextFile();
+  const first = await train(
+    { ...smallRun(corpus, await Deno.makeTempDir()), steps: 4 },
+    captureIO(),
+  );
+  await assert.rejects(
+    () => train({ resume: first.checkpoint!, steps: 8, lr: 1e-3 }, captureIO()),
+    /--lr cannot change when resuming: the run was started with --lr 0.003; drop --lr/,
+  );
+  await assert.rejects(
+    () => train({ resume: first.checkpoint!, steps: 8, optimizer: "sgd" }, captureIO()),
+    /--optimizer cannot change when resuming/,
+  );
+  await assert.rejects(
+    () => train({ resume: first.checkpoint!, steps: 4 }, captureIO()),
+    /the checkpoint is at step 4 and the run's total is 4; pass --steps above 4/,
+  );
+});
+
+Deno.test("resume drops metrics past the checkpoint", async () => {
+  const corpus = await realTextFile();
+  const first = await train({
+    ...smallRun(corpus, await Deno.makeTempDir()),
+    steps: 6,
+    saveEvery: 3,
+  }, captureIO());
+  // As if the process had been killed after step 6 with its last checkpoint at step 3.
+  const earlier = join(first.runDir, "checkpoint_step3.json");
+  await Deno.writeTextFile(
+    join(first.runDir, "checkpoint_step6.safetensors.tmp-left-over"),
+    "partial",
+  );
+  const second = await train({ resume: earlier, steps: 6 }, captureIO());
+  const metrics = await readMetrics(second.runDir);
+  assert.deepEqual(metrics.map((m) => m.step), [1, 2, 3, 4, 5, 6]);
+  const names = [...Deno.readDirSync(first.runDir)].map((entry) => entry.name);
+  assert.ok(!names.some((name) => name.includes(".tmp-")), names.join(", "));
 });
 
 Deno.test("resume rejects a mismatched model", async () => {
@@ -217,9 +258,11 @@ Deno.test("train flags reject bad input", () => {
     [["--steps", "ten"], /invalid --steps "ten": expected an integer >= 1/],
     [["--steps", "0"], /invalid --steps "0": expected an integer >= 1/],
     [["--lr=-1"], /invalid --lr "-1": expected a number > 0/],
+    [["--lr", "-1"], /invalid --lr "-1": expected a number > 0/],
+    [["--steps", "-5"], /invalid --steps "-5": expected an integer >= 1/],
     [
-      ["--lr", "-1"],
-      /missing value for --lr \(write a value that starts with a dash as --lr=VALUE\)/,
+      ["--resume", "-x"],
+      /missing value for --resume \(write a value that starts with a dash as --resume=VALUE\)/,
     ],
     [["--dropout", "1"], /invalid --dropout "1": expected a number >= 0 and < 1/],
     [["--heads", "3"], /invalid --heads 3: it must divide --d-model 64/],

@@ -882,6 +882,8 @@ if (canLoadFfi) {
   } catch (error) {
     console.warn(`blas tests skipped: ${error instanceof Error ? error.message : error}`);
   }
+} else {
+  console.warn("blas tests skipped: they need --allow-ffi");
 }
 
 Deno.test({
