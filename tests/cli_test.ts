@@ -141,6 +141,6 @@ Deno.test("train CLI reports text shorter than one context window", async () => 
   assert.equal(output.code, 1);
   assert.match(
     stderr,
-    /^train: the corpus has 22 characters, fewer than one context window of 128 tokens/,
+    /^train: the corpus has 22 characters, too few for one context window of 128 tokens; use a longer corpus or a smaller --context$/m,
   );
 });
