@@ -12,7 +12,12 @@
 import { parseArgs } from "node:util";
 import type { Backend } from "../lib/backend.ts";
 import { type BackendName, selectBackend } from "../lib/backends.ts";
-import { BENCH_CONFIG, timeTrainingSteps } from "./bench.ts";
+import { requestGpu } from "../gpu/device.ts";
+import { GpuTrainer } from "../gpu/trainer.ts";
+import { GPT, type GPTConfig } from "../lib/gpt.ts";
+import { namedParameters } from "../lib/nn.ts";
+import { Random } from "../lib/random.ts";
+import { BENCH_CONFIG, type StepTiming, timeTrainingSteps } from "./bench.ts";
 
 const HELP = `Usage: deno task autotune [flags]
 
@@ -25,6 +30,7 @@ Flags:
   --threads LIST      comma-separated thread counts (default: 1,${navigator.hardwareConcurrency})
   --backends LIST     comma-separated CPU backends: wasm, js (default: wasm)
   --steps N           timed steps per combination, after 2 untimed ones (default: 5)
+  --webgpu            also time each batch size on the GPU through WebGPU
   --help              print this help`;
 
 class UsageError extends Error {}
@@ -44,6 +50,7 @@ export interface AutotuneCommand {
   threads: number[];
   backends: BackendName[];
   steps: number;
+  webgpu: boolean;
 }
 
 /** Parses the autotune flags; throws on the first invalid one. */
@@ -60,6 +67,7 @@ export function parseAutotuneArgs(argv: string[]): AutotuneCommand {
         },
         backends: { type: "string", default: "wasm" },
         steps: { type: "string", default: "5" },
+        webgpu: { type: "boolean" },
         help: { type: "boolean" },
       },
     }));
@@ -68,8 +76,10 @@ export function parseAutotuneArgs(argv: string[]): AutotuneCommand {
   }
   const backends = values.backends.split(",").map((b) => b.trim());
   for (const backend of backends) {
-    if (backend !== "wasm" && backend !== "js") {
-      throw new UsageError(`invalid --backends "${values.backends}": expected wasm, js or both`);
+    if (backend !== "wasm" && backend !== "js" && backend !== "blas") {
+      throw new UsageError(
+        `invalid --backends "${values.backends}": expected wasm, js, blas or a list of them`,
+      );
     }
   }
   const [steps] = parseList("steps", values.steps);
@@ -79,11 +89,50 @@ export function parseAutotuneArgs(argv: string[]): AutotuneCommand {
     threads: parseList("threads", values.threads),
     backends: backends as BackendName[],
     steps,
+    webgpu: values.webgpu === true,
   };
 }
 
 /** Runs the command with `argv` and returns its exit status. */
-export async function main(argv: string[] = Deno.args): Promise<number> {
+export /** Times AdamW training steps of a randomly initialised model on the GPU, after `warmup` untimed ones. */
+async function timeGpuTrainingSteps(
+  gpu: Awaited<ReturnType<typeof requestGpu>>,
+  config: GPTConfig,
+  batchSize: number,
+  steps: number,
+  warmup: number,
+): Promise<StepTiming> {
+  const model = new GPT(config, { seed: 0 });
+  const weights = new Map([...namedParameters(model)].map(([name, p]) => [name, p.data]));
+  const trainer = await GpuTrainer.create(gpu, config, weights, {
+    batchSize,
+    lr: 3e-4,
+    clipGrad: 1,
+  });
+  const random = new Random(1);
+  const length = batchSize * config.contextLength;
+  const inputs = Int32Array.from({ length }, () => random.int(config.vocabSize));
+  const targets = Int32Array.from({ length }, () => random.int(config.vocabSize));
+
+  const times: number[] = [];
+  for (let step = 0; step < warmup + steps; step++) {
+    const started = performance.now();
+    await trainer.step(inputs, targets);
+    if (step >= warmup) times.push(performance.now() - started);
+  }
+  trainer.destroy();
+  const sorted = [...times].sort((a, b) => a - b);
+  const medianMs = sorted[sorted.length >> 1];
+  return {
+    times,
+    medianMs,
+    minMs: sorted[0],
+    maxMs: sorted[sorted.length - 1],
+    tokensPerSecond: batchSize * config.contextLength / (medianMs / 1000),
+  };
+}
+
+async function main(argv: string[] = Deno.args): Promise<number> {
   let command: AutotuneCommand;
   try {
     command = parseAutotuneArgs(argv);
@@ -123,6 +172,26 @@ export async function main(argv: string[] = Deno.args): Promise<number> {
       await (backend as { close?: () => Promise<void> }).close?.();
     }
   }
+  if (command.webgpu) {
+    const gpu = await requestGpu();
+    console.error(`WebGPU adapter: ${gpu.adapterName}`);
+    for (const batchSize of command.batchSizes) {
+      const timing = await timeGpuTrainingSteps(gpu, BENCH_CONFIG, batchSize, command.steps, 2);
+      console.log(
+        `| webgpu | - | ${batchSize} | ${timing.medianMs.toFixed(1)} | ${
+          Math.round(timing.tokensPerSecond)
+        } |`,
+      );
+      if (timing.tokensPerSecond > best.tokensPerSecond) {
+        best = {
+          tokensPerSecond: timing.tokensPerSecond,
+          line: `deno task train --webgpu --batch-size ${batchSize}`,
+        };
+      }
+    }
+    gpu.device.destroy();
+  }
+
   console.log(`\nfastest: ${Math.round(best.tokensPerSecond)} tokens/s`);
   console.log(best.line);
   return 0;
