@@ -94,7 +94,7 @@ export function parseAutotuneArgs(argv: string[]): AutotuneCommand {
 }
 
 /** Runs the command with `argv` and returns its exit status. */
-export /** Times AdamW training steps of a randomly initialised model on the GPU, after `warmup` untimed ones. */
+/** Times AdamW training steps of a randomly initialised model on the GPU, after `warmup` untimed ones. */
 async function timeGpuTrainingSteps(
   gpu: Awaited<ReturnType<typeof requestGpu>>,
   config: GPTConfig,
@@ -132,7 +132,7 @@ async function timeGpuTrainingSteps(
   };
 }
 
-async function main(argv: string[] = Deno.args): Promise<number> {
+export async function main(argv: string[] = Deno.args): Promise<number> {
   let command: AutotuneCommand;
   try {
     command = parseAutotuneArgs(argv);

@@ -82,7 +82,14 @@ export interface Backend {
   /** Returns a zero-filled buffer of `length` floats that this backend's kernels read without copying. */
   alloc(length: number): Float32Array;
 
-  /** Hands a buffer from `alloc` back for reuse. Optional for backends that rely on the garbage collector. */
+  /**
+   * Returns a buffer like `alloc` whose contents are unspecified (old values of a freed buffer),
+   * for an output that the caller overwrites entirely before reading it. Skipping the zero fill
+   * matters for the megabytes of activations that a training step allocates.
+   */
+  allocUninitialized(length: number): Float32Array;
+
+  /** Hands a buffer from `alloc` or `allocUninitialized` back for reuse. Optional for backends that rely on the garbage collector. */
   free(buffer: Float32Array): void;
 
   /** Matrix product `C (+)= op(A) · op(B)`, optionally batched. */
@@ -167,6 +174,15 @@ export interface Backend {
     cols: number,
   ): void;
 
+  /** Writes `out = x + y` over `length` floats. `out` may be `x` or `y`, to add in place. */
+  add(x: Float32Array, y: Float32Array, out: Float32Array, length: number): void;
+
+  /**
+   * Adds the column sums of `x` `[rows, cols]` into `out` `[cols]`:
+   * `out[j] += Σ_r x[r, j]`, summed in row order. The gradient of a bias added to every row.
+   */
+  columnSum(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
+
   /** GELU, tanh approximation: `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`. */
   geluForward(x: Float32Array, y: Float32Array, length: number): void;
   /** Adds `dy · gelu'(x)` into `dx`. */
@@ -224,6 +240,10 @@ export const jsBackend: Backend = {
   name: "js",
 
   alloc(length: number): Float32Array {
+    return new Float32Array(length);
+  },
+
+  allocUninitialized(length: number): Float32Array {
     return new Float32Array(length);
   },
 
@@ -375,6 +395,16 @@ export const jsBackend: Backend = {
         const xhat = (x[o + j] - mu) * s;
         dx[o + j] += s * (dy[o + j] * gamma[j] - meanG - xhat * meanGX);
       }
+    }
+  },
+
+  add(x, y, out, length) {
+    for (let i = 0; i < length; i++) out[i] = x[i] + y[i];
+  },
+
+  columnSum(x, out, rows, cols) {
+    for (let r = 0; r < rows; r++) {
+      for (let j = 0; j < cols; j++) out[j] += x[r * cols + j];
     }
   },
 

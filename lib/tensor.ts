@@ -84,7 +84,11 @@ export class Tensor {
   readonly shape: readonly number[];
   /** Values, row-major. */
   readonly data: Float32Array;
-  /** Gradient of the last `backward()` output with respect to this tensor, same layout as `data`. */
+  /**
+   * Gradient of the last `backward()` output with respect to this tensor, same layout as `data`.
+   * Kept for leaves (parameters, inputs). `backward()` frees the gradient of every intermediate
+   * tensor once it has passed it on, and sets it back to null.
+   */
   grad: Float32Array | null = null;
   /** Whether gradients flow into this tensor. */
   requiresGrad: boolean;
@@ -172,7 +176,8 @@ export class Tensor {
 
   /**
    * Back-propagates from this scalar: visits the graph once in reverse
-   * topological order and adds each node's gradient into its inputs.
+   * topological order and adds each node's gradient into its inputs. Only
+   * leaves and this output keep their gradients afterwards.
    */
   backward(): void {
     if (this.size !== 1) {
@@ -198,7 +203,16 @@ export class Tensor {
     }
 
     this.gradBuffer()[0] += 1;
-    for (let i = order.length - 1; i >= 0; i--) order[i].backwardStep?.();
+    for (let i = order.length - 1; i >= 0; i--) {
+      const node = order[i];
+      node.backwardStep?.();
+      // Every consumer of an intermediate node ran before it, so its gradient is complete and
+      // already passed on. Freeing it now keeps a step's gradients from being alive all at once.
+      if (node !== this && node.inputs.length > 0 && node.grad !== null) {
+        backend.free(node.grad);
+        node.grad = null;
+      }
+    }
   }
 
   /**
@@ -234,6 +248,9 @@ export class Tensor {
 
   /** `this + other`. */
   add(other: Tensor | number): Tensor {
+    if (typeof other !== "number" && sameShape(this.shape, other.shape)) {
+      return addSameShape(this, other);
+    }
     return elementwise(this, other, "add");
   }
 
@@ -286,7 +303,7 @@ export class Tensor {
     }
     const m = this.size / k;
     const shape = [...this.shape.slice(0, -1), n];
-    const out = backend.alloc(m * n);
+    const out = backend.allocUninitialized(m * n);
     backend.matmul(this.data, other.data, out, { m, n, k, transB: transposeOther });
 
     return Tensor.result(out, shape, [this, other], (result) => {
@@ -348,7 +365,7 @@ export class Tensor {
       );
     }
     const m = this.size / k;
-    const out = backend.alloc(m * n);
+    const out = backend.allocUninitialized(m * n);
     for (let row = 0; row < m; row++) out.set(bias.data, row * n);
     backend.matmul(this.data, weight.data, out, { m, n, k, accumulate: true });
 
@@ -373,13 +390,8 @@ export class Tensor {
           accumulate: true,
         });
       }
-      // db = 1ᵀ · dY, the column sums of dY, as a product so the backend runs it.
-      if (bias.requiresGrad) {
-        const ones = backend.alloc(m);
-        ones.fill(1);
-        backend.matmul(ones, g, bias.gradBuffer(), { m: 1, n, k: m, accumulate: true });
-        backend.free(ones);
-      }
+      // db = the column sums of dY.
+      if (bias.requiresGrad) backend.columnSum(g, bias.gradBuffer(), m, n);
     });
   }
 
@@ -397,7 +409,7 @@ export class Tensor {
         `bmm: shapes do not match, ${describe(this.shape)} · ${describe(other.shape)}`,
       );
     }
-    const out = backend.alloc(batch * m * n);
+    const out = backend.allocUninitialized(batch * m * n);
     backend.matmul(this.data, other.data, out, { m, n, k, batch });
 
     return Tensor.result(out, [batch, m, n], [this, other], (result) => {
@@ -457,12 +469,12 @@ export class Tensor {
     permutation[a0] = a1;
     permutation[a1] = a0;
     const shape = permutation.map((p) => this.shape[p]);
-    const out = backend.alloc(this.size);
+    const out = backend.allocUninitialized(this.size);
     permute(this.data, this.shape, permutation, out);
 
     return Tensor.result(out, shape, [this], (result) => {
       // A swap of two axes is its own inverse.
-      const back = backend.alloc(this.size);
+      const back = backend.allocUninitialized(this.size);
       permute(result.grad!, shape, permutation, back);
       const dx = this.gradBuffer();
       for (let i = 0; i < back.length; i++) dx[i] += back[i];
@@ -483,7 +495,7 @@ export class Tensor {
     }
     const width = end - start;
     const rows = this.size / cols;
-    const out = backend.alloc(rows * width);
+    const out = backend.allocUninitialized(rows * width);
     for (let r = 0; r < rows; r++) {
       out.set(this.data.subarray(r * cols + start, r * cols + end), r * width);
     }
@@ -515,7 +527,7 @@ export class Tensor {
 
   /** GELU with the tanh approximation, elementwise. */
   gelu(): Tensor {
-    const out = backend.alloc(this.size);
+    const out = backend.allocUninitialized(this.size);
     backend.geluForward(this.data, out, this.size);
     return Tensor.result(out, this.shape, [this], (result) => {
       backend.geluBackward(this.data, result.grad!, this.gradBuffer(), this.size);
@@ -537,7 +549,7 @@ export class Tensor {
   softmax(): Tensor {
     const cols = this.shape[this.shape.length - 1];
     const rows = this.size / cols;
-    const out = backend.alloc(this.size);
+    const out = backend.allocUninitialized(this.size);
     backend.softmaxForward(this.data, out, rows, cols);
     return Tensor.result(out, this.shape, [this], (result) => {
       backend.softmaxBackward(result.data, result.grad!, this.gradBuffer(), rows, cols);
@@ -548,7 +560,7 @@ export class Tensor {
   logSoftmax(): Tensor {
     const cols = this.shape[this.shape.length - 1];
     const rows = this.size / cols;
-    const out = backend.alloc(this.size);
+    const out = backend.allocUninitialized(this.size);
     backend.logSoftmaxForward(this.data, out, rows, cols);
     return Tensor.result(out, this.shape, [this], (result) => {
       backend.logSoftmaxBackward(result.data, result.grad!, this.gradBuffer(), rows, cols);
@@ -564,9 +576,9 @@ export class Tensor {
       );
     }
     const rows = this.size / cols;
-    const out = backend.alloc(this.size);
-    const mean = backend.alloc(rows);
-    const rstd = backend.alloc(rows);
+    const out = backend.allocUninitialized(this.size);
+    const mean = backend.allocUninitialized(rows);
+    const rstd = backend.allocUninitialized(rows);
     backend.layerNormForward(this.data, gamma.data, beta.data, out, mean, rstd, rows, cols, eps);
 
     const result = Tensor.result(out, this.shape, [this, gamma, beta], (result) => {
@@ -651,8 +663,8 @@ export class Tensor {
         throw new Error(`crossEntropy: target ${t} is outside [0, ${vocab})`);
       }
     }
-    const probs = backend.alloc(this.size);
-    const losses = backend.alloc(rows);
+    const probs = backend.allocUninitialized(this.size);
+    const losses = backend.allocUninitialized(rows);
     backend.crossEntropyForward(this.data, targets, probs, losses, rows, vocab);
     let total = 0;
     for (let r = 0; r < rows; r++) total += losses[r];
@@ -682,8 +694,8 @@ export class Tensor {
     const [batch, seqLen, width] = this.shape;
     const channels = width / 3;
     const shape = { batch, seqLen, heads, headSize: channels / heads };
-    const out = backend.alloc(batch * seqLen * channels);
-    const probs = backend.alloc(batch * heads * seqLen * seqLen);
+    const out = backend.allocUninitialized(batch * seqLen * channels);
+    const probs = backend.allocUninitialized(batch * heads * seqLen * seqLen);
     backend.attentionForward(this.data, out, probs, shape);
 
     const result = Tensor.result(out, [batch, seqLen, channels], [this], (result) => {
@@ -727,7 +739,7 @@ export function concatCols(tensors: Tensor[]): Tensor {
   const widths = tensors.map((t) => t.shape[t.shape.length - 1]);
   const cols = widths.reduce((a, b) => a + b, 0);
   const rows = sizeOf(lead);
-  const out = backend.alloc(rows * cols);
+  const out = backend.allocUninitialized(rows * cols);
   let offset = 0;
   tensors.forEach((t, i) => {
     const w = widths[i];
@@ -761,7 +773,7 @@ export function embedding(weight: Tensor, ids: Int32Array, shape: readonly numbe
   if (ids.length !== sizeOf(shape)) {
     throw new Error(`embedding: ${ids.length} ids do not fill shape ${describe(shape)}`);
   }
-  const out = backend.alloc(ids.length * channels);
+  const out = backend.allocUninitialized(ids.length * channels);
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i];
     if (!(id >= 0 && id < vocab)) throw new Error(`embedding: id ${id} is outside [0, ${vocab})`);
@@ -774,6 +786,27 @@ export function embedding(weight: Tensor, ids: Int32Array, shape: readonly numbe
     for (let i = 0; i < ids.length; i++) {
       const row = ids[i] * channels;
       for (let c = 0; c < channels; c++) dw[row + c] += g[i * channels + c];
+    }
+  });
+}
+
+/**
+ * `a + b` for two tensors of one shape, such as a residual connection, in
+ * the backend's `add` kernel. The gradient of each input is the output's.
+ */
+function addSameShape(a: Tensor, b: Tensor): Tensor {
+  const out = backend.allocUninitialized(a.size);
+  backend.add(a.data, b.data, out, a.size);
+
+  return Tensor.result(out, a.shape, [a, b], (result) => {
+    const g = result.grad!;
+    if (a.requiresGrad) {
+      const da = a.gradBuffer();
+      backend.add(da, g, da, a.size);
+    }
+    if (b.requiresGrad) {
+      const db = b.gradBuffer();
+      backend.add(db, g, db, b.size);
     }
   });
 }
@@ -804,7 +837,7 @@ function elementwise(a: Tensor, other: Tensor | number, op: Arithmetic): Tensor 
   const y = b.data;
   const n = x.length;
   const m = y.length;
-  const out = backend.alloc(n);
+  const out = backend.allocUninitialized(n);
   // The output is n / m blocks of m elements, and block element j uses y[j].
   // Nested loops rather than an index modulo m, which costs an integer division per element.
   for (let start = 0; start < n; start += m) {

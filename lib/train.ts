@@ -573,7 +573,7 @@ export async function train(
       } s`,
     );
   }
-  const tokens = Int32Array.from(tokenizer.encode(corpus.text));
+  const tokens = tokenizer.encodeIds(corpus.text);
   const data = splitTokens(tokens, options.context);
   io.log(
     `tokens: ${tokens.length.toLocaleString("en-US")} (${

@@ -18,8 +18,8 @@ import {
   MESSAGE_OFFSET,
   runChunks,
   SCRATCH_OFFSET,
-  SPIN_LIMIT,
   STOP,
+  WORKER_SPIN_LIMIT,
   type WorkerSetup,
 } from "./wasm/pool.ts";
 
@@ -46,7 +46,7 @@ function serve(setup: WorkerSetup): void {
   for (;;) {
     let spins = 0;
     while (Atomics.load(control, FIELD.sequence) === seen) {
-      if (++spins < SPIN_LIMIT) continue;
+      if (++spins < WORKER_SPIN_LIMIT) continue;
       Atomics.wait(control, FIELD.sequence, seen);
     }
     seen = Atomics.load(control, FIELD.sequence);

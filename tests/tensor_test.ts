@@ -90,6 +90,21 @@ Deno.test("a tensor used twice accumulates", () => {
   gradCheck("x·x + x", [randomTensor([3])], (x) => x.mul(x).add(x));
 });
 
+Deno.test("add of a tensor to itself", () => {
+  gradCheck("x + x", [randomTensor([2, 3])], (x) => x.add(x));
+});
+
+Deno.test("backward frees intermediate gradients", () => {
+  const x = randomTensor([2, 3]);
+  const hidden = x.mul(x);
+  const loss = hidden.add(x).sum();
+  loss.backward();
+  assert.equal(hidden.grad, null, "intermediate gradient");
+  assert.notEqual(x.grad, null, "leaf gradient kept");
+  assert.notEqual(loss.grad, null, "output gradient kept");
+  loss.release();
+});
+
 Deno.test("dot, 2-D and 3-D by 2-D", () => {
   gradCheck("dot 2-D", [randomTensor([3, 5]), randomTensor([5, 4])], (a, b) => a.dot(b));
   gradCheck("dot 3-D", [randomTensor([2, 3, 5]), randomTensor([5, 4])], (a, b) => a.dot(b));

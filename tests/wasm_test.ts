@@ -545,6 +545,45 @@ for (const { label, backend } of variants) {
     }
   });
 
+  Deno.test(`wasm add matches reference, ${label}`, () => {
+    const random = makeRandom(22);
+    for (const length of [1, 3, 17, 1000, 200003]) {
+      for (const inside of PLACEMENTS) {
+        const name = `${label} length ${length} inside=${inside}`;
+        const x = randomArray(length, random);
+        const y = randomArray(length, random);
+        const expected = new Float32Array(length);
+        jsBackend.add(x, y, expected, length);
+        const out = place(backend, new Float32Array(length), inside);
+        backend.add(place(backend, x, inside), place(backend, y, inside), out, length);
+        // One rounding of an exact sum: the same bits as the reference.
+        assertClose(out, expected, () => 0, `add ${name}`);
+
+        // In place, as the backward pass of a sum accumulates a gradient.
+        const accumulated = place(backend, x, inside);
+        backend.add(accumulated, place(backend, y, inside), accumulated, length);
+        assertClose(accumulated, expected, () => 0, `add in place ${name}`);
+      }
+    }
+  });
+
+  Deno.test(`wasm columnSum matches reference, ${label}`, () => {
+    const random = makeRandom(23);
+    for (const [rows, cols] of [...ROW_SHAPES, [1024, 256] as [number, number]]) {
+      for (const inside of PLACEMENTS) {
+        const name = `${label} ${rows}×${cols} inside=${inside}`;
+        const x = randomArray(rows * cols, random);
+        const out0 = randomArray(cols, random);
+        const expected = out0.slice();
+        jsBackend.columnSum(x, expected, rows, cols);
+        const out = place(backend, out0, inside);
+        backend.columnSum(place(backend, x, inside), out, rows, cols);
+        // Both add in row order with a rounding per add: the same bits as the reference.
+        assertClose(out, expected, () => 0, `columnSum ${name}`);
+      }
+    }
+  });
+
   Deno.test(`wasm adamw update, ${label}`, () => {
     const random = makeRandom(21);
     for (const length of [1, 5, 1003, 150001]) {
@@ -684,6 +723,22 @@ Deno.test("wasm alloc returns zeroed views and reuses freed blocks", async () =>
   const second = backend.alloc(1000);
   assertEquals(second.byteOffset, offset, "same size class, same block");
   assert(second.every((value) => value === 0), "reused block is zeroed");
+  backend.free(second);
+  assertEquals(backend.bytesInUse, 0);
+  await backend.close();
+});
+
+Deno.test("wasm allocUninitialized skips the zero fill", async () => {
+  const backend = await createWasmBackend({ threads: 1 });
+  const first = backend.alloc(1000);
+  first.fill(7);
+  const offset = first.byteOffset;
+  backend.free(first);
+  const second = backend.allocUninitialized(1000);
+  assert(backend.owns(second));
+  assertEquals(second.length, 1000, "length");
+  assertEquals(second.byteOffset, offset, "same size class, same block");
+  assertEquals(second[999], 7, "the old contents stay");
   backend.free(second);
   assertEquals(backend.bytesInUse, 0);
   await backend.close();

@@ -247,6 +247,27 @@ export function scratchBytes(seqLen: i32): usize {
 }
 
 /**
+ * Transposes the 4 × 4 block of floats whose rows start at `src`, `rowBytes`
+ * apart, and stores its columns as rows `dstBytes` apart from `dst`: column q
+ * of the block becomes the four floats at `dst + q · dstBytes`.
+ */
+@inline
+function transpose4(src: usize, rowBytes: usize, dst: usize, dstBytes: usize): void {
+  const r0 = v128.load(src);
+  const r1 = v128.load(src + rowBytes);
+  const r2 = v128.load(src + 2 * rowBytes);
+  const r3 = v128.load(src + 3 * rowBytes);
+  const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5);
+  const t1 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+  const t2 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+  const t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, v128.shuffle<f32>(t0, t2, 0, 1, 4, 5));
+  v128.store(dst + dstBytes, v128.shuffle<f32>(t0, t2, 2, 3, 6, 7));
+  v128.store(dst + 2 * dstBytes, v128.shuffle<f32>(t1, t3, 0, 1, 4, 5));
+  v128.store(dst + 3 * dstBytes, v128.shuffle<f32>(t1, t3, 2, 3, 6, 7));
+}
+
+/**
  * Packs the `kb × nb` block of op(B) that starts at `b` into panels of NR
  * columns: panel j holds, for each of the kb rows, NR consecutive floats.
  * Columns past `nb` are zero.
@@ -266,14 +287,21 @@ function packB(transB: bool, kb: i32, nb: i32, b: usize, ldb: i32, dst: usize): 
       }
     } else if (transB && width == NR) {
       // B is stored [n, k]: column j of op(B) is row j of B, contiguous in p.
-      let src = b + <usize> j0 * rowBytes;
-      for (let p = 0; p < kb; p++) {
-        let col = src;
+      // Four steps of p at a time, as two 4 × 4 transposes of rows j0 … j0 + 7.
+      const src = b + <usize> j0 * rowBytes;
+      let p = 0;
+      for (; p + 4 <= kb; p += 4) {
+        const at = src + (<usize> p << 2);
+        transpose4(at, rowBytes, dst, NR * 4);
+        transpose4(at + 4 * rowBytes, rowBytes, dst + 16, NR * 4);
+        dst += 4 * NR * 4;
+      }
+      for (; p < kb; p++) {
+        let col = src + (<usize> p << 2);
         for (let j = 0; j < NR; j++) {
           store<f32>(dst + (<usize> j << 2), load<f32>(col));
           col += rowBytes;
         }
-        src += 4;
         dst += NR * 4;
       }
     } else {
@@ -303,15 +331,29 @@ function packA(transA: bool, mb: i32, kb: i32, a: usize, lda: i32, dst: usize): 
   for (let i0 = 0; i0 < mb; i0 += MR) {
     const height = min(MR, mb - i0);
     if (!transA && height == MR) {
-      // Walk the MR rows of A side by side.
-      let src = a + <usize> i0 * rowBytes;
-      for (let p = 0; p < kb; p++) {
-        let row = src;
+      // Walk the MR rows of A side by side, four steps of p at a time: a 4 × 4
+      // transpose of rows 0 … 3 and the pairs of rows 4 and 5.
+      const src = a + <usize> i0 * rowBytes;
+      let p = 0;
+      for (; p + 4 <= kb; p += 4) {
+        const at = src + (<usize> p << 2);
+        transpose4(at, rowBytes, dst, MR * 4);
+        const row4 = v128.load(at + 4 * rowBytes);
+        const row5 = v128.load(at + 5 * rowBytes);
+        const low = v128.shuffle<f32>(row4, row5, 0, 4, 1, 5);
+        const high = v128.shuffle<f32>(row4, row5, 2, 6, 3, 7);
+        v128.store64_lane(dst, low, 0, 16);
+        v128.store64_lane(dst, low, 1, 16 + MR * 4);
+        v128.store64_lane(dst, high, 0, 16 + 2 * MR * 4);
+        v128.store64_lane(dst, high, 1, 16 + 3 * MR * 4);
+        dst += 4 * MR * 4;
+      }
+      for (; p < kb; p++) {
+        let row = src + (<usize> p << 2);
         for (let i = 0; i < MR; i++) {
           store<f32>(dst + (<usize> i << 2), load<f32>(row));
           row += rowBytes;
         }
-        src += 4;
         dst += MR * 4;
       }
     } else if (transA && height == MR) {
@@ -943,6 +985,39 @@ function geluSlope(x: v128): v128 {
   const spread = f32x4.mul(f32x4.mul(e, sigma), sigma);
   const finiteSpread = v128.andnot(spread, f32x4.eq(sigma, f32x4.splat(0)));
   return madd(f32x4.mul(f32x4.add(x, x), finiteSpread), du, sigma);
+}
+
+/** `out = x + y` over `length` floats; `out` may be `x` or `y`. */
+export function add(x: usize, y: usize, out: usize, length: i32): void {
+  let i = 0;
+  for (; i + 4 <= length; i += 4) {
+    const o = <usize> i << 2;
+    v128.store(out + o, f32x4.add(v128.load(x + o), v128.load(y + o)));
+  }
+  for (; i < length; i++) {
+    const o = <usize> i << 2;
+    store<f32>(out + o, load<f32>(x + o) + load<f32>(y + o));
+  }
+}
+
+/**
+ * Adds the column sums of `x` (`rows` rows of `cols` floats, `stride` floats
+ * apart) into `out`: `out[j] += Σ_r x[r, j]`, in row order like the reference.
+ */
+export function columnSum(x: usize, out: usize, rows: i32, cols: i32, stride: i32): void {
+  const rowBytes = <usize> stride << 2;
+  for (let r = 0; r < rows; r++) {
+    const row = x + <usize> r * rowBytes;
+    let j = 0;
+    for (; j + 4 <= cols; j += 4) {
+      const o = <usize> j << 2;
+      v128.store(out + o, f32x4.add(v128.load(out + o), v128.load(row + o)));
+    }
+    for (; j < cols; j++) {
+      const o = <usize> j << 2;
+      store<f32>(out + o, load<f32>(out + o) + load<f32>(row + o));
+    }
+  }
 }
 
 /** `y = gelu(x)` over `length` floats. */

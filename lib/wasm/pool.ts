@@ -10,7 +10,9 @@
  * kernel call returns only when its whole result is written. A worker that
  * wakes late (on a busy machine) finds fewer chunks or none to claim, so it
  * delays the call by at most the time of one chunk. Waiting is a short spin on
- * `Atomics.load`, then `Atomics.wait`.
+ * `Atomics.load`, then `Atomics.wait`. A worker preempted in the middle of a
+ * chunk makes the main thread wait for it, so after such a stall the main
+ * thread runs the next calls alone for a while (see `WorkerPool.run`).
  *
  * The workers are `node:worker_threads` workers, not web `Worker`s, because
  * only the former can be `unref()`ed: in Deno 2.9.6 a live web `Worker`
@@ -33,6 +35,8 @@ export const KERNEL_NAMES = [
   "crossEntropyBackward",
   "layerNormForward",
   "layerNormBackward",
+  "add",
+  "columnSum",
   "geluForward",
   "geluBackward",
   "adamwUpdate",
@@ -93,8 +97,29 @@ export const MESSAGE_OFFSET: number = SCRATCH_OFFSET + MAX_THREADS * 8;
 /** Capacity of the error message in bytes; longer messages are cut. */
 export const MESSAGE_BYTES = 1024;
 const CONTROL_BYTES = MESSAGE_OFFSET + MESSAGE_BYTES;
-/** Iterations of `Atomics.load` before a waiting thread blocks in `Atomics.wait`. */
+/** Iterations of `Atomics.load` before the main thread, waiting for the last chunks, blocks in `Atomics.wait`. */
 export const SPIN_LIMIT = 20000;
+/**
+ * Iterations of `Atomics.load` before an idle worker blocks in `Atomics.wait`,
+ * a few microseconds. A spinning worker occupies a core, so when another
+ * process competes for the cores, long spins take time from the main thread.
+ * A worker that blocks and wakes late only claims fewer chunks. On a 2-core
+ * AMD EPYC with a busy-looping process beside it, the default training step
+ * on 2 threads took a median of about 54 ms with this limit and about 70 ms
+ * with SPIN_LIMIT. On the quiet machine both took about 40 ms.
+ */
+export const WORKER_SPIN_LIMIT = 2000;
+/**
+ * Milliseconds the main thread may wait for the workers' last chunks before
+ * it counts the call as stalled. The longest chunk of a default training step
+ * takes a few hundred microseconds, and a worker whose core the operating
+ * system gives to another process loses milliseconds.
+ */
+const STALL_MS = 0.3;
+/** Milliseconds that the pool runs calls on the main thread alone after a first stall. */
+const SOLO_MIN_MS = 5;
+/** Maximum milliseconds of running alone, reached while stalls repeat. */
+const SOLO_MAX_MS = 200;
 
 /**
  * The module each worker runs.
@@ -167,6 +192,10 @@ export class WorkerPool {
   readonly #message: Uint8Array;
   readonly #scratch: Float64Array;
   readonly #argv: number[] = new Array(MAX_ARGS).fill(0);
+  /** Time (`performance.now()`) until which calls run on the main thread alone. */
+  #soloUntil = 0;
+  /** Length of the next solo period; doubles with each stall in a row. */
+  #soloMs = SOLO_MIN_MS;
 
   private constructor(workers: Worker[], control: SharedArrayBuffer) {
     this.#workers = workers;
@@ -225,6 +254,14 @@ export class WorkerPool {
    * Runs `kernels[kernel]` once per argument list in `chunks`, on the workers
    * and on this thread, and returns when all are done. Throws the first error
    * of any chunk after all are done.
+   *
+   * A call in which this thread waits more than STALL_MS (and longer than it
+   * worked) for the workers' last chunks counts as stalled: a worker was most
+   * likely preempted in the middle of a chunk. The calls of the next
+   * SOLO_MIN_MS, doubling up to SOLO_MAX_MS while stalls repeat, then run on
+   * this thread alone. So on a machine busy with other work the pool degrades
+   * toward the speed of one thread instead of waiting for a core. The chunks
+   * are the same either way, so the results are too.
    */
   run(
     kernel: number,
@@ -234,12 +271,20 @@ export class WorkerPool {
     if (chunks.length > MAX_CHUNKS) {
       throw new RangeError(`a call has ${chunks.length} chunks; at most ${MAX_CHUNKS} fit`);
     }
-    const control = this.#control;
-    for (let c = 0; c < chunks.length; c++) {
-      const chunk = chunks[c];
+    for (const chunk of chunks) {
       if (chunk.length > MAX_ARGS) {
         throw new RangeError(`a chunk has ${chunk.length} arguments; at most ${MAX_ARGS} fit`);
       }
+    }
+    const started = performance.now();
+    if (started < this.#soloUntil) {
+      this.#runAlone(kernel, chunks, kernels);
+      return;
+    }
+
+    const control = this.#control;
+    for (let c = 0; c < chunks.length; c++) {
+      const chunk = chunks[c];
       const base = c * MAX_ARGS;
       for (let i = 0; i < MAX_ARGS; i++) this.#args[base + i] = i < chunk.length ? chunk[i] : 0;
     }
@@ -255,6 +300,7 @@ export class WorkerPool {
     const scratch = this.#scratch[0];
     runChunks(control, this.#args, kernels, this.#argv, scratch, (error) => failure ??= error);
 
+    const worked = performance.now();
     let spins = 0;
     for (;;) {
       const done = Atomics.load(control, FIELD.done);
@@ -263,6 +309,14 @@ export class WorkerPool {
       Atomics.wait(control, FIELD.done, done);
     }
     Atomics.store(control, FIELD.next, CLOSED);
+    const finished = performance.now();
+    const waited = finished - worked;
+    if (waited > STALL_MS && waited > worked - started) {
+      this.#soloUntil = finished + this.#soloMs;
+      this.#soloMs = Math.min(SOLO_MAX_MS, 2 * this.#soloMs);
+    } else {
+      this.#soloMs = SOLO_MIN_MS;
+    }
 
     if (failure !== undefined) throw failure;
     if (Atomics.load(control, FIELD.failed) !== 0) {
@@ -270,6 +324,27 @@ export class WorkerPool {
       const message = new TextDecoder().decode(this.#message.slice(0, length));
       throw new Error(`a worker thread failed in ${KERNEL_NAMES[kernel]}: ${message}`);
     }
+  }
+
+  /** Runs every chunk on this thread, with its scratch block; throws the first error after all ran. */
+  #runAlone(
+    kernel: number,
+    chunks: readonly number[][],
+    kernels: readonly ((...args: number[]) => void)[],
+  ): void {
+    const argv = this.#argv;
+    const scratchArgument = SCRATCH_ARGUMENT[kernel];
+    let failure: unknown;
+    for (const chunk of chunks) {
+      for (let i = 0; i < MAX_ARGS; i++) argv[i] = i < chunk.length ? chunk[i] : 0;
+      if (scratchArgument >= 0) argv[scratchArgument] = this.#scratch[0];
+      try {
+        kernels[kernel].apply(null, argv);
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+    if (failure !== undefined) throw failure;
   }
 
   /** Stops every worker and resolves when all have exited. The pool is unusable afterwards. */
