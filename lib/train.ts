@@ -687,9 +687,8 @@ export async function train(
   /** Copies the GPU's weights and AdamW moments back into `model` and `optimizer`. */
   const syncFromGpu = async (): Promise<void> => {
     if (gpuTrainer === null) return;
-    for (const [name, values] of await gpuTrainer.readWeights()) {
-      namedParameters(model).get(name)!.data.set(values);
-    }
+    const params = namedParameters(model);
+    for (const [name, values] of await gpuTrainer.readWeights()) params.get(name)!.data.set(values);
     const gpuState = await gpuTrainer.readOptimizerState();
     const state = optimizer.stateDict();
     if ("optimizer" in state.config) {
