@@ -3,7 +3,7 @@
  *
  * A backend is a small set of named kernels that work on row-major
  * `Float32Array`s, forward and backward in pairs. The tensor rung
- * (`lib/tensor.ts`) keeps the autograd bookkeeping and asks the active backend
+ * (`lib/tensor.ts`) keeps the autograd bookkeeping and calls the active backend
  * for the heavy arithmetic. The `js` backend in this file is the reference:
  * plain loops written for reading, which every faster backend is tested
  * against, kernel by kernel.
@@ -34,7 +34,7 @@ export interface MatmulOptions {
   /** Add the product into `C` instead of overwriting it. */
   accumulate?: boolean;
   /**
-   * Number of independent products. Each operand holds `batch` matrices back
+   * Number of independent products. Each operand contains `batch` matrices back
    * to back; an operand whose `batch` stride is 0 is shared by all of them.
    */
   batch?: number;

@@ -7,7 +7,7 @@
  * gradients. `backward()` orders the graph once, in reverse topological
  * order, and runs those closures. The heavy arithmetic (matrix products,
  * softmax, LayerNorm, GELU, attention) goes through the active `Backend`, so
- * a faster backend changes the speed and never the story told here.
+ * a faster backend changes the speed and never the computation shown here.
  *
  * @example
  * ```ts
@@ -135,7 +135,7 @@ export class Tensor {
     return this.data.length;
   }
 
-  /** The value of a one-element tensor. */
+  /** Returns the value of a one-element tensor. */
   item(): number {
     if (this.size !== 1) {
       throw new Error(`item() needs a one-element tensor, got shape ${describe(this.shape)}`);
@@ -243,8 +243,8 @@ export class Tensor {
   // Elementwise arithmetic with a trailing-dimensions broadcast.
   //
   // The second operand may be a number, a tensor of the same shape, or a
-  // tensor whose shape is a suffix of this one's (a bias [C] added to
-  // [B, T, C]): element i of the output uses element i mod b.size.
+  // tensor whose shape is a suffix of this one's, such as a bias [C] added to
+  // [B, T, C]. Element i of the output then uses element i mod b.size.
 
   /** `this + other`. */
   add(other: Tensor | number): Tensor {
@@ -446,7 +446,7 @@ export class Tensor {
   // -------------------------------------------------------------------------
   // Shape operations.
 
-  /** The same values with another shape of the same size; shares `data`. */
+  /** Returns the same values with another shape of the same size, sharing `data`. */
   reshape(shape: readonly number[]): Tensor {
     if (sizeOf(shape) !== this.size) {
       throw new Error(`cannot reshape ${describe(this.shape)} to ${describe(shape)}`);
@@ -902,7 +902,8 @@ function elementwise(a: Tensor, other: Tensor | number, op: Arithmetic): Tensor 
 function reduce(x: Tensor, axis: number | undefined, average: boolean): Tensor {
   // View the shape as [outer, length, inner] around the reduced axis.
   const rank = x.shape.length;
-  const a = axis === undefined ? -1 : axis < 0 ? rank + axis : axis;
+  let a = -1;
+  if (axis !== undefined) a = axis < 0 ? rank + axis : axis;
   if (axis !== undefined && !(a >= 0 && a < rank)) {
     throw new Error(`axis ${axis} is out of range for shape ${describe(x.shape)}`);
   }

@@ -9,7 +9,7 @@ import { causalMask, concatCols, embedding, noGrad, Tensor } from "../lib/tensor
 
 const random = new Random(1234);
 
-/** A tensor of N(0, scale²) samples, plus `offset`, that records gradients. */
+/** Returns a tensor of N(0, scale²) samples plus `offset` that records gradients. */
 function randomTensor(shape: number[], scale = 1, offset = 0): Tensor {
   const size = shape.reduce((a, b) => a * b, 1);
   const values = Array.from({ length: size }, () => offset + scale * random.normal());
