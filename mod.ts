@@ -115,6 +115,7 @@ export {
   SGDMomentum,
 } from "./lib/optim.ts";
 export type {
+  AdamBackend,
   AdamHyper,
   BaseOptimizer,
   GroupConfig,

@@ -955,7 +955,8 @@ function validateAdamHyper(hyper: AdamHyper): void {
 export class Adam extends BaseOptimizer<AdamHyper> {
   /** Always `"Adam"`. */
   readonly type: OptimizerType = "Adam";
-  readonly #backend: AdamBackend | undefined;
+  /** Kernels for the update, or undefined for the plain loop. */
+  protected readonly backend: AdamBackend | undefined;
 
   /**
    * Builds the optimizer and its zero-filled `exp_avg` and `exp_avg_sq`
@@ -969,7 +970,7 @@ export class Adam extends BaseOptimizer<AdamHyper> {
       eps: options.eps ?? 1e-8,
     });
     this.validateHyper(this.hyper);
-    this.#backend = options.backend;
+    this.backend = options.backend;
     this.allocateBuffers(["exp_avg", "exp_avg_sq"], options.backend?.alloc.bind(options.backend));
   }
 
@@ -987,8 +988,8 @@ export class Adam extends BaseOptimizer<AdamHyper> {
     const hyper: AdamWStep = { ...this.hyper, lr: group.lr, weightDecay: group.weightDecay, step };
     const m = this.buffer(param, "exp_avg");
     const v = this.buffer(param, "exp_avg_sq");
-    if (this.#backend !== undefined && group.weightDecay === 0) {
-      this.#backend.adamwUpdate(param.data, param.grad, m, v, hyper);
+    if (this.backend !== undefined && group.weightDecay === 0) {
+      this.backend.adamwUpdate(param.data, param.grad, m, v, hyper);
     } else {
       adamUpdate(param.data, param.grad, m, v, hyper, "coupled");
     }
@@ -1003,34 +1004,22 @@ export class Adam extends BaseOptimizer<AdamHyper> {
  *
  * Buffers: `exp_avg` (m) and `exp_avg_sq` (v).
  */
-export class AdamW extends BaseOptimizer<AdamHyper> {
+export class AdamW extends Adam {
   /** Always `"AdamW"`. */
-  readonly type: OptimizerType = "AdamW";
-  readonly #backend: AdamBackend | undefined;
+  override readonly type: OptimizerType = "AdamW";
 
   /**
    * Builds the optimizer and its zero-filled `exp_avg` and `exp_avg_sq`
-   * buffers. Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1)
-   * and `eps` is finite and >= 0.
+   * buffers, with weight decay 0.01 unless `options` sets one. Throws a
+   * `RangeError` unless `beta1` and `beta2` are in [0, 1) and `eps` is finite
+   * and >= 0.
    */
   constructor(params: ParamsInput, options: AdamOptions = {}) {
-    super(params, options.lr ?? 1e-3, options.weightDecay ?? 0.01, {
-      beta1: options.beta1 ?? 0.9,
-      beta2: options.beta2 ?? 0.999,
-      eps: options.eps ?? 1e-8,
-    });
-    this.validateHyper(this.hyper);
-    this.#backend = options.backend;
-    this.allocateBuffers(["exp_avg", "exp_avg_sq"], options.backend?.alloc.bind(options.backend));
-  }
-
-  /** Throws a `RangeError` unless `beta1` and `beta2` are in [0, 1) and `eps` is finite and >= 0. */
-  protected validateHyper(hyper: AdamHyper): void {
-    validateAdamHyper(hyper);
+    super(params, { ...options, weightDecay: options.weightDecay ?? 0.01 });
   }
 
   /** Applies decoupled weight decay and one Adam step, on the backend when there is one. */
-  protected updateParameter(
+  protected override updateParameter(
     param: SteppedParameter,
     group: OptimizerGroup,
     step: number,
@@ -1038,8 +1027,8 @@ export class AdamW extends BaseOptimizer<AdamHyper> {
     const hyper: AdamWStep = { ...this.hyper, lr: group.lr, weightDecay: group.weightDecay, step };
     const m = this.buffer(param, "exp_avg");
     const v = this.buffer(param, "exp_avg_sq");
-    if (this.#backend !== undefined) {
-      this.#backend.adamwUpdate(param.data, param.grad, m, v, hyper);
+    if (this.backend !== undefined) {
+      this.backend.adamwUpdate(param.data, param.grad, m, v, hyper);
     } else {
       adamwReference(param.data, param.grad, m, v, hyper);
     }
