@@ -104,7 +104,7 @@ export class CausalSelfAttention implements Module {
     return this.cProj.forward(y); // [B, T, C]
   }
 
-  /** The same computation as the fused kernel, one tensor op at a time. */
+  /** Computes what the fused kernel computes, one tensor op at a time. */
   private spelledOut(qkv: Tensor): Tensor {
     const [B, T] = qkv.shape;
     const C = this.config.dModel;
@@ -200,7 +200,7 @@ export class Block implements Module {
   }
 }
 
-/** What `GPT.forward` returns. */
+/** Result of `GPT.forward`: logits and, with targets, the loss. */
 export interface GPTOutput {
   /** Next-token logits `[B, T, V]`. */
   logits: Tensor;

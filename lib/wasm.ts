@@ -324,14 +324,15 @@ class WasmBackendImpl implements WasmBackend {
    */
   #chunksFor(work: number, minWork: number): number {
     if (this.#pool === undefined || work < minWork) return 1;
-    const most = Math.min(MAX_CHUNKS, this.threads * CHUNKS_PER_THREAD);
-    return Math.max(1, Math.min(most, Math.floor(work / (minWork / 2))));
+    const maxParts = Math.min(MAX_CHUNKS, this.threads * CHUNKS_PER_THREAD);
+    return Math.max(1, Math.min(maxParts, Math.floor(work / (minWork / 2))));
   }
 
   /**
-   * Returns how many parts to cut `size` rows or columns of a matmul into: a
-   * multiple of the thread count, so that each thread gets an equal share,
-   * with parts of at least GEMM_MIN_CHUNK where the size allows two or more.
+   * Returns how many parts to cut `size` rows or columns of a matmul into.
+   * The count is a multiple of the thread count, so each thread gets an equal
+   * share, and parts keep at least GEMM_MIN_CHUNK rows where the size allows
+   * two or more.
    */
   #evenParts(size: number): number {
     const fit = Math.floor(size / GEMM_MIN_CHUNK);
